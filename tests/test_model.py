@@ -1,0 +1,154 @@
+"""The proof that gpt2/model.py is GPT-2: same logits and loss as transformers."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import TINY, hf_model, save_hf
+from gpt2.errors import UserError
+from gpt2.model import GPT2
+from gpt2.config import GPT2Config
+from gpt2.weights import load_checkpoint, save_checkpoint
+
+CONFIGS = [
+    TINY,
+    dict(vocab_size=1000, n_positions=32, n_embd=48, n_layer=3, n_head=3, layer_norm_epsilon=1e-6),
+    dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),  # GPT-2 124M
+]
+
+
+def reference(model, ids):
+    with torch.no_grad():
+        out = model(ids, labels=ids)
+    return out.logits, out.loss
+
+
+@pytest.mark.parametrize("shape", CONFIGS, ids=["tiny", "odd", "124M"])
+def test_logits_and_loss_match_transformers(tmp_path, shape):
+    hf = hf_model(**shape)
+    path = save_hf(hf, tmp_path / "ckpt", with_tokenizer=False)
+    ours = load_checkpoint(path).eval()
+    ids = torch.randint(0, shape["vocab_size"], (2, 16 if shape["n_layer"] == 12 else 24), generator=torch.Generator().manual_seed(1))
+    want_logits, want_loss = reference(hf, ids)
+    with torch.no_grad():
+        logits, loss = ours(ids, labels=ids)
+    assert (logits - want_logits).abs().max().item() <= 1e-5
+    assert abs(loss.item() - want_loss.item()) <= 1e-5
+
+
+def test_original_openai_layout_with_mask_buffers(tmp_path):
+    """The openai-community/gpt2 file: no `transformer.` prefix, h.N.attn.bias masks, no lm_head."""
+    hf = hf_model(**TINY)
+    n = TINY["n_positions"]
+    tensors = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    for i in range(TINY["n_layer"]):
+        tensors[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+        tensors[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    d = tmp_path / "orig"
+    d.mkdir()
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    hf.config.to_json_file(str(d / "config.json"))
+    ours = load_checkpoint(str(d)).eval()
+    ids = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        assert (ours(ids)[0] - reference(hf, ids)[0]).abs().max().item() <= 1e-5
+
+
+def test_save_then_transformers_from_pretrained(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    ours = GPT2(GPT2Config(**TINY)).eval()
+    save_checkpoint(ours, str(tmp_path / "out"))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
+    ids = torch.randint(0, 50257, (3, 30))
+    with torch.no_grad():
+        a, _ = ours(ids)
+        b = hf(ids).logits
+    assert torch.equal(hf.lm_head.weight, hf.transformer.wte.weight)
+    assert (a - b).abs().max().item() <= 1e-5
+    # and back: the weights survive the round trip bit for bit
+    again = load_checkpoint(str(tmp_path / "out"))
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+def test_generate_with_cache_matches_full_recompute(tiny_ckpt):
+    model = load_checkpoint(tiny_ckpt).eval()
+    prompt = torch.randint(0, 50257, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8, temperature=0)
+    # greedy without a cache: feed the whole sequence every step
+    ids = prompt
+    for _ in range(8):
+        ids = torch.cat([ids, model(ids)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, ids)
+    g = lambda: torch.Generator().manual_seed(7)
+    a = model.generate(prompt, 6, temperature=0.8, top_k=20, generator=g())
+    b = model.generate(prompt, 6, temperature=0.8, top_k=20, generator=g())
+    assert torch.equal(a, b)
+
+
+# --- bad checkpoints: one line naming the file and the problem ----------------------
+
+def one_line(excinfo):
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(UserError) as e:
+        load_checkpoint(str(tmp_path / "nope"))
+    assert "no such directory" in one_line(e)
+
+
+def test_truncated_and_foreign_files(tiny_ckpt):
+    path = os.path.join(tiny_ckpt, "model.safetensors")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "model.safetensors" in one_line(e) and "safetensors" in one_line(e)
+    open(path, "wb").write(b"PK\x03\x04 this is a zip, not safetensors")
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "model.safetensors" in one_line(e)
+
+
+def test_wrong_shape_tensor(tiny_ckpt):
+    from safetensors.torch import load_file
+
+    path = os.path.join(tiny_ckpt, "model.safetensors")
+    t = load_file(path)
+    t["transformer.h.1.mlp.c_fc.bias"] = torch.zeros(7)
+    save_file(t, path)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    msg = one_line(e)
+    assert "h.1.mlp.c_fc.bias" in msg and "(7,)" in msg and "(128,)" in msg
+
+
+def test_config_that_does_not_match_weights(tiny_ckpt):
+    cfg_path = os.path.join(tiny_ckpt, "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["n_layer"] = 3
+    json.dump(cfg, open(cfg_path, "w"))
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    msg = one_line(e)
+    assert "config.json" in msg and "h.2" in msg
+    cfg["n_layer"], cfg["n_embd"] = 2, 64
+    json.dump(cfg, open(cfg_path, "w"))
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "shape" in one_line(e)
+
+
+def test_broken_config_json(tiny_ckpt):
+    open(os.path.join(tiny_ckpt, "config.json"), "w").write("{not json")
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "config.json" in one_line(e) and "JSON" in one_line(e)
