@@ -1,0 +1,71 @@
+"""GPT-2's tokenizer: byte-level byte-pair encoding (BPE).
+
+GPT-2 never sees characters. Text is first turned into UTF-8 bytes, each byte is
+mapped to one of 256 printable stand-in characters (so that any string, emoji and
+invalid-looking bytes included, can be written with a fixed alphabet), and the BPE
+merges in `merges.txt` then glue frequent pairs together, most frequent first, until
+no rule applies. `vocab.json` gives each resulting piece its id. A regular expression
+splits the text into words, numbers, punctuation and runs of spaces first, so that a
+merge never crosses from one word into the next.
+
+The algorithm is implemented by Hugging Face's `tokenizers` library (Rust, fast);
+this module only wires GPT-2's two files into it. Id 50256, `<|endoftext|>`, is the
+single special token: it marks the end of a document.
+"""
+
+import hashlib
+import os
+
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers
+
+from .errors import UserError
+
+EOT_TOKEN = "<|endoftext|>"
+EOT_ID = 50256
+FILES = ("vocab.json", "merges.txt")
+
+
+class Tokenizer:
+    def __init__(self, vocab_path: str, merges_path: str):
+        for p in (vocab_path, merges_path):
+            if not os.path.isfile(p):
+                raise UserError(f"{p}: tokenizer file not found")
+        try:
+            bpe = models.BPE.from_file(vocab_path, merges_path)
+        except Exception as e:  # the Rust side raises plain Exceptions
+            raise UserError(f"{vocab_path} / {merges_path}: not GPT-2 tokenizer files ({e})") from None
+        tok = _HFTokenizer(bpe)
+        # add_prefix_space=False: "Hello" and " Hello" are different tokens, as in GPT-2.
+        # use_regex=True: split into words/numbers/punctuation/spaces before BPE.
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([EOT_TOKEN])
+        self._tok = tok
+        self.eot_id = tok.token_to_id(EOT_TOKEN)
+        self.vocab_size = tok.get_vocab_size()
+        # Identifies these exact files, for caches of token ids.
+        h = hashlib.sha256()
+        for p in (vocab_path, merges_path):
+            with open(p, "rb") as f:
+                h.update(f.read())
+        self.fingerprint = h.hexdigest()[:16]
+        self.files = (vocab_path, merges_path)
+
+    @classmethod
+    def from_dir(cls, directory: str) -> "Tokenizer":
+        return cls(os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many strings at once (in parallel, in Rust)."""
+        return [e.ids for e in self._tok.encode_batch(texts)]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def save_tokenizer_json(self, path: str) -> None:
+        """The single-file tokenizer.json form (what transformers' fast tokenizer loads)."""
+        self._tok.save(path)
