@@ -24,6 +24,7 @@ from .errors import UserError
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
 FILES = ("vocab.json", "merges.txt")
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "gpt2")
 
 
 class Tokenizer:
@@ -55,6 +56,13 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, directory: str) -> "Tokenizer":
         return cls(os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"))
+
+    @classmethod
+    def for_checkpoint(cls, directory: str) -> "Tokenizer":
+        """The checkpoint's own tokenizer files, else GPT-2's, shipped in weights/gpt2/."""
+        if all(os.path.isfile(os.path.join(directory, f)) for f in FILES):
+            return cls.from_dir(directory)
+        return cls.from_dir(SHIPPED_DIR)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids

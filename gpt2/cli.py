@@ -1,0 +1,89 @@
+"""Command-line options shared by train.py and evaluate.py, defined once.
+
+Each option also accepts its `run_clm.py` spelling (`--learning_rate` for `--lr`, ...)
+so that the commands of an existing lab notebook keep working with `train.py` in
+place of `run_clm.py`. Values are checked here, at parse time, so a mistake ends in
+one line that names the flag, before any model is loaded.
+"""
+
+import argparse
+import sys
+
+from .precision import CHOICES as PRECISIONS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (argparse prints the whole usage first)."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return v
+
+
+def add_model_args(p, default_model="gpt2"):
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "--model_name_or_path", dest="model", default=default_model,
+                   help="a checkpoint directory, a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
+                        "distilgpt2) or a hub id org/name, downloaded into --weights-dir (default: %(default)s)")
+    g.add_argument("--weights-dir", default=None, help="where downloaded models live (default: weights/)")
+    g.add_argument("--model_type", help=argparse.SUPPRESS)  # run_clm: always gpt2 here
+
+
+def add_data_args(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--validation-file", "--validation_file", dest="validation_file",
+                   help="text file to evaluate on")
+    g.add_argument("--block-size", "--block_size", dest="block_size", type=positive_int,
+                   help="tokens per training example (default: min(1024, n_positions))")
+    g.add_argument("--cache-dir", default=None, help="where token ids are cached (default: .cache/tokens)")
+
+
+def add_runtime_args(p, batch_size_default, batch_alias):
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto = bf16 on GPUs that have it, else fp16 on CUDA, fp32 on the CPU")
+    g.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="= --precision fp16")
+    g.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="= --precision bf16")
+    g.add_argument("--batch-size", batch_alias, dest="batch_size", type=positive_int, default=batch_size_default,
+                   help="sequences per forward pass, the micro-batch (default: %(default)s)")
