@@ -1,0 +1,233 @@
+"""Comparing finished runs side by side, from the files train.py leaves behind.
+
+A lab notebook compares runs by a handful of numbers: the learning rate and epochs
+that were tried, and the train_loss, eval_loss, perplexity and eval_accuracy they
+gave. train.py writes all of them in its output directory, so a table of runs needs
+no model and no GPU, only these JSON files:
+
+    run_args.json      what was asked: model, lr, epochs, effective_batch, precision, ...
+    train_results.json train_loss, train_runtime, epoch, ...
+    eval_results.json  eval_loss, eval_accuracy, perplexity, ...
+    all_results.json   both of the above in one dict
+    log_history.json   [{'loss', 'learning_rate', 'epoch', 'step'}, {'eval_loss', ...}, ...]
+    status.json        {"status": "failed", "reason": "..."} for a run that did not finish
+
+Any of them may be missing (a run stopped early, a run without validation): the
+table then shows '-' rather than refusing. `plot_curves` draws the training loss of
+each run against the epoch (and eval_loss where it was logged), which shows what the
+final numbers hide: a learning rate that diverges, or a run still improving.
+"""
+
+import json
+import os
+
+from .errors import UserError
+from .report import format_runtime
+
+RESULT_FILES = ("run_args.json", "train_results.json", "eval_results.json", "all_results.json",
+                "log_history.json", "status.json")
+
+# (row key, column title) in the order the table shows them.
+COLUMNS = [
+    ("run", "run"),
+    ("started_from", "started from"),
+    ("lr", "lr"),
+    ("epochs", "epochs"),
+    ("effective_batch", "eff. batch"),
+    ("precision", "precision"),
+    ("train_loss", "train_loss"),
+    ("eval_loss", "eval_loss"),
+    ("perplexity", "perplexity"),
+    ("eval_accuracy", "eval_accuracy"),
+    ("train_runtime", "train time"),
+    ("status", "status"),
+]
+NUMERIC = {"lr", "epochs", "effective_batch", "train_loss", "eval_loss", "perplexity", "eval_accuracy",
+           "train_runtime"}
+
+
+def read_json(path, default=None):
+    """The parsed file, `default` if it does not exist, a one-line UserError if it is not JSON."""
+    if not os.path.exists(path):
+        return default
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not readable JSON ({e})") from None
+
+
+def is_run_dir(path) -> bool:
+    """True for a directory that holds at least one of the files train.py writes."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RESULT_FILES)
+
+
+def read_run(directory) -> dict:
+    """Every JSON file of a run directory, by name ({} / [] for the missing ones)."""
+    if not os.path.isdir(directory):
+        raise UserError(f"{directory}: no such directory")
+    if not is_run_dir(directory):
+        raise UserError(f"{directory}: not a run directory of train.py (none of {', '.join(RESULT_FILES)})")
+    run = {}
+    for name in RESULT_FILES:
+        default = [] if name == "log_history.json" else {}
+        data = read_json(os.path.join(directory, name), default)
+        if not isinstance(data, type(default)):
+            raise UserError(f"{os.path.join(directory, name)}: expected a JSON {type(default).__name__}")
+        run[name.removesuffix(".json")] = data
+    return run
+
+
+def _run_names(dirs) -> list[str]:
+    """Each run's directory name; the path as given when two runs share a name."""
+    names = [os.path.basename(os.path.normpath(d)) for d in dirs]
+    return [n if names.count(n) == 1 else os.path.normpath(d) for n, d in zip(names, dirs)]
+
+
+def _status(run) -> str:
+    status = run["status"]
+    if status.get("status") == "failed":
+        return f"failed: {status.get('reason') or 'no reason given'}"
+    if status.get("status") and status.get("status") not in ("done", "finished", "ok", "completed"):
+        return str(status["status"])
+    if not (run["train_results"] or run["all_results"] or run["eval_results"]):
+        return "no results"  # still training, or stopped before the end
+    return "done"
+
+
+def comparison_rows(dirs, fresh_eval=None) -> list[dict]:
+    """One dict per run directory, with the keys of COLUMNS (None where unknown).
+
+    `fresh_eval` maps a directory to eval metrics just measured (evaluate.py with
+    --validation-file); they replace the saved ones, so that all runs are compared on
+    the same text. A directory in it need not be a run directory (a base model).
+    """
+    fresh_eval = fresh_eval or {}
+    rows = []
+    for d, name in zip(dirs, _run_names(dirs)):
+        if d in fresh_eval and not is_run_dir(d):
+            run = {k.removesuffix(".json"): ([] if k == "log_history.json" else {}) for k in RESULT_FILES}
+            status = "base model"
+        else:
+            run = read_run(d)
+            status = _status(run)
+        args = run["run_args"]
+        # all_results.json merges the other two; a run may have only some of them.
+        results = {**run["all_results"], **run["train_results"], **run["eval_results"]}
+        if d in fresh_eval:
+            results = {k: v for k, v in results.items() if not (k.startswith("eval_") or k == "perplexity")}
+            results.update(fresh_eval[d])
+        rows.append({
+            "run": name,
+            "started_from": args.get("model"),
+            "lr": args.get("lr"),
+            # The epochs actually done (train_results), else those asked for.
+            "epochs": results.get("epoch", args.get("epochs")),
+            "effective_batch": args.get("effective_batch"),
+            "precision": args.get("precision"),
+            "train_loss": results.get("train_loss"),
+            "eval_loss": results.get("eval_loss"),
+            "perplexity": results.get("perplexity"),
+            "eval_accuracy": results.get("eval_accuracy"),
+            "train_runtime": results.get("train_runtime"),
+            "status": status,
+        })
+    return rows
+
+
+def _format_lr(lr: float) -> str:
+    """1e-3, 5e-5, 2.5e-4: how learning rates are written on the command line.
+
+    Twelve significant digits hide float's binary rounding (3e-4 is stored as
+    0.000299999...); the same spelling as the sweep's run directories (sweep.py).
+    """
+    mantissa, exponent = f"{lr:.11e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_cell(key, value) -> str:
+    if value is None:
+        return "-"
+    if key == "lr" and isinstance(value, (int, float)):
+        return _format_lr(float(value))
+    if key == "train_runtime" and isinstance(value, (int, float)):
+        return format_runtime(value)
+    if key == "epochs" and isinstance(value, (int, float)):
+        return str(round(float(value), 2))
+    if isinstance(value, float):
+        return str(round(value, 4))  # as the Trainer prints metrics
+    return str(value)
+
+
+def format_table(rows, markdown: bool = False) -> str:
+    """The rows as an aligned plain-text table, or a GitHub markdown table."""
+    titles = [title for _, title in COLUMNS]
+    cells = [[format_cell(key, row.get(key)) for key, _ in COLUMNS] for row in rows]
+    if markdown:
+        # '|' inside a cell (a failure reason) would start a new column.
+        cells = [[c.replace("|", "\\|") for c in line] for line in cells]
+        align = ["---:" if key in NUMERIC else "---" for key, _ in COLUMNS]
+        lines = [titles, align] + cells
+        return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+    widths = [max(len(line[i]) for line in [titles] + cells) for i in range(len(titles))]
+
+    def fmt(line):
+        parts = [c.rjust(w) if key in NUMERIC else c.ljust(w) for c, w, (key, _) in zip(line, widths, COLUMNS)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(titles), rule] + [fmt(line) for line in cells])
+
+
+def loss_curves(directory) -> tuple[list, list]:
+    """([(epoch, loss)...] of training logs, [(epoch, eval_loss)...] of eval logs)."""
+    history = read_run(directory)["log_history"]
+    train, evals = [], []
+    for entry in history:
+        if not isinstance(entry, dict):
+            continue
+        x = entry.get("epoch", entry.get("step"))
+        if x is None:
+            continue
+        if "loss" in entry:
+            train.append((x, entry["loss"]))
+        if "eval_loss" in entry:
+            evals.append((x, entry["eval_loss"]))
+    return train, evals
+
+
+def plot_curves(dirs, path) -> None:
+    """One PNG: the training loss of every run against the epoch, eval_loss dashed."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")  # draw into a file; no window, no display needed
+    import matplotlib.pyplot as plt
+
+    from .files import atomic_path
+
+    curves = [(name, *loss_curves(d)) for d, name in zip(dirs, _run_names(dirs))]
+    if not any(train or evals for _, train, evals in curves):
+        raise UserError("none of these runs logged a loss in log_history.json; nothing to plot")
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for i, (name, train, evals) in enumerate(curves):
+        color = f"C{i % 10}"  # the same colour for a run's two curves
+        if train:
+            ax.plot(*zip(*train), color=color, label=f"{name} loss")
+        if evals:
+            ax.plot(*zip(*evals), color=color, linestyle="--", marker="o", label=f"{name} eval_loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title("training loss (solid) and eval_loss (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        plt.close(fig)
+        raise UserError(f"--plot {path}: no such directory {directory}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
