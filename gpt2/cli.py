@@ -50,6 +50,11 @@ def positive_float(text: str) -> float:
     return v
 
 
+def positive_int_or_auto(text: str):
+    """A positive integer, or "auto" (train.py's --batch-size: find the largest that fits)."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+
+
 def probability(text: str) -> float:
     try:
         v = float(text)
@@ -78,12 +83,17 @@ def add_data_args(p):
     g.add_argument("--cache-dir", default=None, help="where token ids are cached (default: .cache/tokens)")
 
 
-def add_runtime_args(p, batch_size_default, batch_alias):
+def add_runtime_args(p, batch_size_default, batch_alias, allow_auto=False):
+    """--device, --precision, --batch-size; allow_auto: --batch-size may be "auto" (train.py)."""
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 on GPUs that have it, else fp16 on CUDA, fp32 on the CPU")
     g.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="= --precision fp16")
     g.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="= --precision bf16")
-    g.add_argument("--batch-size", batch_alias, dest="batch_size", type=positive_int, default=batch_size_default,
-                   help="sequences per forward pass, the micro-batch (default: %(default)s)")
+    help_text = "sequences per forward pass, the micro-batch (default: %(default)s)"
+    if allow_auto:
+        help_text += ("; auto: the largest that fits in GPU memory, found by trying, with the accumulation "
+                      "adjusted so that the effective batch stays --effective-batch (see gpt2/perf.py)")
+    g.add_argument("--batch-size", batch_alias, dest="batch_size", default=batch_size_default,
+                   type=positive_int_or_auto if allow_auto else positive_int, help=help_text)

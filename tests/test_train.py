@@ -1,0 +1,305 @@
+"""The training loop against a reference: transformers' Trainer, big batches, an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY, hf_model, save_hf
+from gpt2 import trainer as trainer_module
+from gpt2.trainer import TrainConfig, Trainer
+from gpt2.weights import load_checkpoint
+
+SMALL = dict(TINY, n_positions=32)
+
+
+def random_blocks(n, T=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 50257, size=(n, T)).astype(np.uint16)
+
+
+def train_ours(model, blocks, **cfg):
+    cfg = TrainConfig(**{"progress": False, "log_every": 1, **cfg})
+    t = Trainer(model, blocks, None, cfg, torch.device("cpu"), out_dir="/nonexistent", print_fn=lambda *a, **k: None)
+    t.train()
+    return t
+
+
+def test_matches_transformers_trainer(tmp_path, monkeypatch):
+    """Same init, same data order, fp32, accumulation 2, clipping at 0.5: same losses and lrs."""
+    from transformers import Trainer as HFTrainer, TrainerCallback, TrainingArguments
+
+    blocks = random_blocks(48)
+    hf = hf_model(**SMALL).train()
+    ours = load_checkpoint(save_hf(hf, tmp_path / "init", with_tokenizer=False))
+
+    # The reference: Trainer with a sequential sampler, per-step losses and lrs recorded.
+    micro_losses, lrs, norms = [], [], []
+
+    class Recorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if "learning_rate" in logs:
+                lrs.append(logs["learning_rate"])
+                norms.append(logs.get("grad_norm"))
+
+    class SequentialTrainer(HFTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            loss = super().compute_loss(model, inputs, *args, **kwargs)
+            micro_losses.append(loss.item() if not isinstance(loss, tuple) else loss[0].item())
+            return loss
+
+    def example(b):
+        ids = torch.from_numpy(b.astype(np.int64))
+        labels = ids.clone()
+        # Position 0 is never a target (the model shifts), but transformers 5.x counts
+        # it when it divides the summed loss by the number of labelled tokens; masking
+        # it makes the reference divide by the T-1 predicted tokens, as we do.
+        labels[0] = -100
+        return {"input_ids": ids, "labels": labels}
+
+    data = [example(b) for b in blocks]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        learning_rate=1e-3, num_train_epochs=2, max_grad_norm=0.5, logging_steps=1, save_strategy="no",
+        report_to=[], use_cpu=True, seed=0, optim="adamw_torch", dataloader_drop_last=False,
+    )
+    SequentialTrainer(model=hf, args=args, train_dataset=data, callbacks=[Recorder()]).train()
+
+    monkeypatch.setattr(trainer_module, "epoch_permutation", lambda n, seed, epoch: np.arange(n))
+    t = train_ours(ours, blocks, lr=1e-3, epochs=2, batch_size=2, grad_accum=2, max_grad_norm=0.5)
+    our_losses = [e["loss"] for e in t.log_history]
+    our_lrs = [e["learning_rate"] for e in t.log_history]
+
+    # transformers divides each micro-batch's summed loss by the step's token count
+    # (num_items_in_batch), so the step loss is the sum of its micro-batch losses.
+    ref_steps = np.add.reduceat(micro_losses, range(0, len(micro_losses), 2))
+    assert len(our_losses) == len(ref_steps) == 24 >= 20
+    assert max(abs(a - b) for a, b in zip(our_losses, ref_steps)) <= 1e-5
+    assert max(n for n in norms if n is not None) > 0.5, "clipping never kicked in: the test proves less"
+    assert our_lrs == pytest.approx(lrs, rel=1e-12, abs=0)
+
+
+def test_accumulation_equals_big_batch(tiny_ckpt):
+    blocks = random_blocks(32)
+    small = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=3, batch_size=2, grad_accum=4)
+    big = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=3, batch_size=8, grad_accum=1)
+    for (k, a), b in zip(small.model.state_dict().items(), big.model.state_dict().values()):
+        assert (a - b).abs().max().item() <= 1e-6, k
+    assert [e["loss"] for e in small.log_history] == pytest.approx([e["loss"] for e in big.log_history], abs=1e-5)
+
+
+def test_short_last_micro_batch_is_weighted_by_tokens(tiny_ckpt):
+    """7 blocks, micro-batch 2 x accumulation 4 = one step of 2+2+2+1 blocks: the mean over 7 blocks."""
+    blocks = random_blocks(7)
+    a = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=1, batch_size=2, grad_accum=4)
+    b = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=1, batch_size=7, grad_accum=1)
+    for x, y in zip(a.model.parameters(), b.model.parameters()):
+        assert (x - y).abs().max().item() <= 1e-6
+
+
+# --- the CLI, end to end --------------------------------------------------------
+
+def write_text(path, n_lines=300, seed=0):
+    rng = np.random.default_rng(seed)
+    words = "the model reads text and learns which token comes next in every line".split()
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n_lines):
+            f.write(" ".join(rng.choice(words, size=rng.integers(0, 12))) + ("\n" if i % 7 else "\n\n"))
+    return str(path)
+
+
+def run_train(*args, check=True, env=None):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--no-progress", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    return write_text(tmp_path / "train.txt")
+
+
+def test_cli_end_to_end(tiny_ckpt, text_file, tmp_path):
+    out = tmp_path / "out"
+    p = run_train("--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--epochs", 1,
+                  "--lr", "1e-3", "--log-every", 5, "--out", out, "--cache-dir", tmp_path / "cache")
+    for f in ("model.safetensors", "config.json", "vocab.json", "merges.txt", "run_args.json",
+              "train_results.json", "eval_results.json", "all_results.json", "log_history.json"):
+        assert (out / f).is_file(), f
+    assert not (out / "resume.pt").exists()
+    train = json.load(open(out / "train_results.json"))
+    assert {"epoch", "train_loss", "train_runtime", "train_samples", "train_samples_per_second",
+            "train_steps_per_second"} <= set(train)
+    ev = json.load(open(out / "eval_results.json"))
+    assert {"eval_accuracy", "eval_loss", "eval_runtime", "eval_samples", "eval_samples_per_second",
+            "eval_steps_per_second", "perplexity"} <= set(ev)
+    assert ev["perplexity"] == pytest.approx(np.exp(ev["eval_loss"]))
+    assert "***** train metrics *****" in p.stdout and "***** eval metrics *****" in p.stdout
+    assert "{'loss': " in p.stdout and "'learning_rate': " in p.stdout
+    args = json.load(open(out / "run_args.json"))
+    assert args["lr"] == 1e-3 and args["block_size"] == 32 and args["effective_batch"] == 2
+    # the checkpoint opens in transformers
+    from transformers import GPT2LMHeadModel
+
+    GPT2LMHeadModel.from_pretrained(str(out))
+    # continuing from it (the notebook's v3.5) into another directory works too
+    run_train("--model", out, "--train-file", text_file, "--block-size", 32, "--max-steps", 2,
+              "--lr", "1e-6", "--out", tmp_path / "more", "--cache-dir", tmp_path / "cache")
+
+
+def test_notebook_command_runs(tiny_ckpt, text_file, tmp_path):
+    """The notebook's run_clm.py command line, with train.py in its place."""
+    out = tmp_path / "finetuned_model_v3.0"
+    p = run_train("--model_type", "gpt2", "--model_name_or_path", tiny_ckpt, "--train_file", text_file, "--do_train",
+                  "--validation_file", text_file, "--do_eval", "--per_device_train_batch_size", 2,
+                  "--save_steps", -1, "--num_train_epochs", 1, "--fp16", f"--output_dir={out}",
+                  "--learning_rate", "1e-3", "--block_size", 32, "--cache-dir", tmp_path / "cache")
+    assert "validation file is the training file" in p.stderr
+    assert "--fp16 needs a CUDA GPU" in p.stderr
+    assert (out / "model.safetensors").is_file()
+
+
+KILL_AFTER_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from gpt2.trainer import Trainer
+save = Trainer.save_state
+def save_then_die(self):
+    save(self)
+    if self.step == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+Trainer.save_state = save_then_die
+sys.argv = ["train.py"] + sys.argv[1:]
+import runpy
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def test_resume_after_kill_is_bit_exact(tiny_ckpt, text_file, tmp_path):
+    common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--max-steps", 12,
+              "--grad-accum", 2, "--lr", "1e-3", "--dropout", 0.1, "--save-every", 4, "--no-progress",
+              "--cache-dir", tmp_path / "cache"]
+    run_train(*common, "--out", tmp_path / "straight")
+
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILL_AFTER_SAVE.format(root=str(ROOT), kill_at=8, train=str(ROOT / "train.py")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, str(killer), *map(str, common), "--out", str(tmp_path / "killed")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert p.returncode == -signal.SIGKILL
+    assert (tmp_path / "killed" / "resume.pt").is_file()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    # without --resume the directory is protected
+    p = run_train(*common, "--out", tmp_path / "killed", check=False)
+    assert p.returncode == 2 and "--resume" in p.stderr
+    p = run_train(*common, "--out", tmp_path / "killed", "--resume")
+    assert "resuming at step 8" in p.stdout
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = json.load(open(tmp_path / "straight" / "log_history.json"))
+    lb = json.load(open(tmp_path / "killed" / "log_history.json"))
+    assert la == lb
+
+
+def test_resume_refuses_a_different_command(tiny_ckpt, text_file, tmp_path):
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILL_AFTER_SAVE.format(root=str(ROOT), kill_at=2, train=str(ROOT / "train.py")))
+    common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--max-steps", 4,
+              "--save-every", 2, "--no-progress", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o"]
+    subprocess.run([sys.executable, str(killer), *map(str, common), "--lr", "1e-3"], cwd=ROOT, capture_output=True)
+    p = run_train(*common, "--lr", "1e-4", "--resume", check=False)
+    assert p.returncode == 2 and "lr" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_ckpt, text_file, tmp_path, monkeypatch):
+    blocks = random_blocks(16)
+    model = load_checkpoint(tiny_ckpt)
+    calls = {"n": 0}
+    forward = model.forward
+
+    def poisoned(ids, labels=None):
+        logits, loss = forward(ids, labels)
+        calls["n"] += 1
+        return logits, loss * float("nan") if calls["n"] > 6 else loss
+
+    monkeypatch.setattr(model, "forward", poisoned)
+    cfg = TrainConfig(lr=1e-3, max_steps=20, batch_size=2, save_every=3, progress=False, log_every=100)
+    t = Trainer(model, blocks, None, cfg, torch.device("cpu"), str(tmp_path / "o"), print_fn=lambda *a, **k: None)
+    with pytest.raises(trainer_module.NonFiniteLoss) as e:
+        t.train()
+    assert "NaN" in str(e.value)
+    state = torch.load(tmp_path / "o" / "resume.pt", weights_only=True)
+    assert state["step"] == 6  # 3 and 6 were saved with finite losses; nothing after
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# --- bad input: one line, exit 2, nothing overwritten ---------------------------
+
+@pytest.mark.parametrize("case", ["missing", "empty", "short", "not-utf8", "block-too-big", "lr0", "lr-neg",
+                                  "epochs0", "batch0", "lr-text"])
+def test_bad_input(case, tiny_ckpt, text_file, tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"precious")
+    train = text_file
+    extra = []
+    if case == "missing":
+        train = tmp_path / "nope.txt"
+    elif case == "empty":
+        train = tmp_path / "empty.txt"
+        train.write_text("")
+    elif case == "short":
+        train = tmp_path / "short.txt"
+        train.write_text("just a few tokens\n")
+    elif case == "not-utf8":
+        train = tmp_path / "latin1.txt"
+        train.write_bytes("ligne un\nca coûte 5€\n".encode("cp1252"))
+    elif case == "block-too-big":
+        extra = ["--block-size", 100]
+    elif case == "lr0":
+        extra = ["--lr", "0"]
+    elif case == "lr-neg":
+        extra = ["--lr=-1e-4"]
+    elif case == "lr-text":
+        extra = ["--lr", "fast"]
+    elif case == "epochs0":
+        extra = ["--epochs", "0"]
+    elif case == "batch0":
+        extra = ["--batch-size", "0"]
+    args = ["--model", tiny_ckpt, "--train-file", train, "--out", tmp_path / "new", "--cache-dir", tmp_path / "c"]
+    if "--block-size" not in extra:
+        args += ["--block-size", 32]
+    p = run_train(*args, *extra, check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "new").exists() or not os.listdir(tmp_path / "new")
+    assert (out / "model.safetensors").read_bytes() == b"precious"
+    msg = lines[0]
+    expect = {"missing": "no such file", "empty": "empty", "short": "fewer than one block of 32",
+              "not-utf8": "line 2", "block-too-big": "64", "lr0": "positive", "lr-neg": "positive",
+              "epochs0": "positive", "batch0": "positive", "lr-text": "not a number"}[case]
+    assert expect in msg, msg
+
+
+def test_refuses_non_empty_out(tiny_ckpt, text_file, tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"precious")
+    p = run_train("--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--out", out, check=False)
+    assert p.returncode == 2 and "not empty" in p.stderr and "--overwrite" in p.stderr
+    assert (out / "model.safetensors").read_bytes() == b"precious"
