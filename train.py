@@ -18,18 +18,18 @@ import sys
 from gpt2.cli import (Parser, add_data_args, add_model_args, add_runtime_args, non_negative_int,
                       positive_float, positive_int, probability)
 from gpt2.errors import UserError, run_cli
+from gpt2.hub import ALIASES
 
 
 def build_parser():
     p = Parser(prog="train.py", description="Fine-tune GPT-2 on a text file (a readable run_clm.py).")
     add_model_args(p)
-    g = p.add_argument_group("data")
+    g = add_data_args(p)
     g.add_argument("--train-file", "--train_file", dest="train_file",
                    help="UTF-8 text to train on (default: the Python language reference, a demo corpus)")
     g.add_argument("--validation-split", "--validation_split_percentage", dest="validation_split",
                    type=float, default=5.0,
                    help="without --validation-file, hold out this percent of the blocks (default: %(default)s)")
-    add_data_args(p)
     add_runtime_args(p, batch_size_default=2, batch_alias="--per_device_train_batch_size", allow_auto=True)
 
     g = p.add_argument_group("optimisation")
@@ -84,7 +84,8 @@ def build_parser():
     g = p.add_argument_group("memory and speed")
     g.add_argument("--checkpointing", action="store_true", help="recompute activations in backward (less memory)")
     g.add_argument("--loss-chunk", type=non_negative_int, default=0,
-                   help="compute the LM head + loss this many positions at a time (less memory; 0: off)")
+                   help="compute the LM head + loss this many positions at a time: the (batch x block x "
+                        "50257) logits never exist at once, and it is a little faster (0: off; try 1024)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--effective-batch", type=positive_int,
                    help="sequences per optimizer step, all processes together; sets the accumulation "
@@ -340,7 +341,10 @@ def run_one(args, lr):
         if train_metrics is None:  # interrupted, state saved
             return 130
 
-        run_args = {**vars(args), "lr": lr, "model": args.model, "block_size": block_size, "precision": precision,
+        # Absolute paths, so that evaluate.py finds the data from any directory.
+        paths = {k: os.path.abspath(getattr(args, k)) for k in ("train_file", "validation_file") if getattr(args, k)}
+        model_name = os.path.abspath(args.model) if os.path.isdir(args.model) and args.model not in ALIASES else args.model
+        run_args = {**vars(args), **paths, "lr": lr, "model": model_name, "block_size": block_size, "precision": precision,
                     "world_size": dist.world_size,
                     "effective_batch": args.batch_size * args.grad_accum * dist.world_size,
                     "total_steps": trainer.total_steps, "data": {k: v for k, v in info.items() if k != "summary"}}

@@ -75,12 +75,14 @@ def add_model_args(p, default_model="gpt2"):
 
 
 def add_data_args(p):
+    """The data options both CLIs share; returns the group so train.py can add its own."""
     g = p.add_argument_group("data")
     g.add_argument("--validation-file", "--validation_file", dest="validation_file",
                    help="text file to evaluate on")
     g.add_argument("--block-size", "--block_size", dest="block_size", type=positive_int,
                    help="tokens per training example (default: min(1024, n_positions))")
     g.add_argument("--cache-dir", default=None, help="where token ids are cached (default: .cache/tokens)")
+    return g
 
 
 def add_runtime_args(p, batch_size_default, batch_alias, allow_auto=False):

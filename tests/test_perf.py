@@ -1,0 +1,266 @@
+"""The memory and speed options change how a step runs, never what it computes.
+
+Chunked loss and activation checkpointing must give the plain path's loss and
+gradients; --batch-size auto must keep the effective batch; --compile must train.
+Speed and memory themselves are measured by benchmarks/bench.py, never here.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2.config import GPT2Config
+from gpt2.model import GPT2
+from gpt2.perf import chunked_lm_loss, find_micro_batch, make_probe, split_batch
+
+SHAPE = dict(vocab_size=101, n_positions=32, n_embd=24, n_layer=2, n_head=3)
+
+
+def tiny_model(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return GPT2(GPT2Config(**SHAPE).with_dropout(dropout)).train()
+
+
+def ids_and_labels(B=3, T=29, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, SHAPE["vocab_size"], (B, T), generator=g)
+    labels = ids.clone()
+    labels[0, 3:11] = -100  # e.g. padding or a prompt that is not scored
+    labels[2, -1] = -100
+    return ids, labels
+
+
+def loss_and_grads(model, ids, labels, seed=5):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same dropout masks for every variant
+    _, loss = model(ids, labels=labels)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def assert_same(a, b, tol=1e-5):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert abs(loss_a.item() - loss_b.item()) <= tol
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        diff = (grads_a[name] - grads_b[name]).abs().max().item()
+        assert diff <= tol, f"{name}: gradients differ by {diff}"
+
+
+# --- chunked loss --------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [1, 7, 28, 1000])  # 7 does not divide 3 x 28 positions; 1000 > all
+def test_chunked_loss_matches_plain_path(chunk):
+    model = tiny_model()
+    ids, labels = ids_and_labels()
+    plain = loss_and_grads(model, ids, labels)
+    model.loss_chunk = chunk
+    chunked = loss_and_grads(model, ids, labels)
+    assert_same(plain, chunked)
+    # The LM head is the embedding matrix: its gradient holds both uses.
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_chunked_loss_function_matches_cross_entropy_with_a_scaled_backward():
+    torch.manual_seed(0)
+    h = torch.randn(2, 13, 8, requires_grad=True)
+    w = torch.randn(50, 8, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 13))
+    labels[1, :4] = -100
+    logits = h @ w.T
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+    (3.5 * want).backward()  # a scale on the loss (accumulation weight, GradScaler) reaches the gradients
+    want_gh, want_gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    got = chunked_lm_loss(h, w, labels, chunk=5)
+    (3.5 * got).backward()
+    assert abs(got.item() - want.item()) <= 1e-5
+    assert torch.allclose(h.grad, want_gh, atol=1e-5) and torch.allclose(w.grad, want_gw, atol=1e-5)
+
+
+def test_chunked_loss_without_grad_is_the_same_loss():
+    model = tiny_model()
+    ids, labels = ids_and_labels()
+    with torch.no_grad():
+        _, plain = model(ids, labels=labels)
+        model.loss_chunk = 5
+        _, chunked = model(ids, labels=labels)
+    assert abs(plain.item() - chunked.item()) <= 1e-5
+
+
+def test_chunked_loss_under_autocast():
+    """bf16 autocast (the CPU has it; CUDA fp16/bf16 take the same path): matmuls in
+    bf16, loss in fp32, gradients in the parameters' dtype, close to the plain path."""
+    model = tiny_model()
+    ids, labels = ids_and_labels()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = loss_and_grads(model, ids, labels)
+        model.loss_chunk = 6
+        chunked = loss_and_grads(model, ids, labels)
+    assert chunked[0].dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in chunked[1].values())
+    assert abs(plain[0].item() - chunked[0].item()) <= 2e-2
+    wte = "transformer.wte.weight"
+    rel = (plain[1][wte] - chunked[1][wte]).norm() / plain[1][wte].norm()
+    assert rel <= 3e-2
+
+
+# --- activation checkpointing ----------------------------------------------------------
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_checkpointing_matches_plain_path(dropout):
+    """With dropout too: the recomputation replays the same random masks."""
+    model = tiny_model(dropout)
+    ids, labels = ids_and_labels()
+    plain = loss_and_grads(model, ids, labels)
+    model.checkpointing = True
+    assert_same(plain, loss_and_grads(model, ids, labels))
+    model.loss_chunk = 7  # both options together
+    assert_same(plain, loss_and_grads(model, ids, labels))
+
+
+# --- --batch-size auto -----------------------------------------------------------------
+
+def fake_gpu(capacity):
+    """A try_step that runs out of memory above `capacity` sequences, recording what it tried."""
+    tried = []
+
+    def try_step(b):
+        tried.append(b)
+        if b > capacity:
+            raise torch.OutOfMemoryError(f"CUDA out of memory trying {b}")
+
+    return try_step, tried
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 5, 13, 64, 500])
+def test_find_micro_batch_finds_the_largest_that_fits(capacity):
+    try_step, tried = fake_gpu(capacity)
+    assert find_micro_batch(try_step, start=1, limit=64) == min(capacity, 64)
+    assert max(tried) <= 64 and len(tried) <= 2 * 7  # doubling then bisection: a few tries
+
+
+def test_find_micro_batch_reports_when_nothing_fits():
+    try_step, _ = fake_gpu(0)
+    with pytest.raises(MemoryError):
+        find_micro_batch(try_step, start=1, limit=8)
+
+
+def test_find_micro_batch_lets_other_errors_through():
+    def broken(b):
+        raise RuntimeError("not a memory problem")
+
+    with pytest.raises(RuntimeError):
+        find_micro_batch(broken)
+
+
+@pytest.mark.parametrize("effective, fits, want", [(24, 10, (8, 3)), (32, 13, (8, 4)), (7, 4, (1, 7)),
+                                                   (16, 64, (16, 1)), (6, 1, (1, 6))])
+def test_split_batch_keeps_the_effective_batch(effective, fits, want):
+    micro, accum = split_batch(effective, fits)
+    assert (micro, accum) == want and micro * accum == effective
+
+
+def test_probe_runs_a_real_step_and_leaves_no_gradients():
+    model = tiny_model().eval()
+    make_probe(model, block_size=16, device=torch.device("cpu"), precision="fp32")(3)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training  # its mode is restored
+
+
+def choose(argv, device="cpu", capacity=None, world=1, monkeypatch=None):
+    """train.choose_batch on parsed flags; capacity simulates a GPU that holds that many sequences."""
+    import train
+    from gpt2 import perf
+    from gpt2.distributed import Dist
+
+    args = train.build_parser().parse_args(argv)
+    if capacity is not None:
+        monkeypatch.setattr(perf, "make_probe", lambda *a, **k: fake_gpu(capacity)[0])
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: None)
+    train.choose_batch(args, tiny_model(), 16, "fp32", Dist(world_size=world), torch.device(device))
+    return args.batch_size, args.grad_accum
+
+
+def test_batch_size_auto_on_a_gpu_keeps_the_effective_batch(monkeypatch):
+    # Room for 5: 24 = 4 x 6 (the largest micro-batch that fits and divides 24).
+    assert choose(["--batch-size", "auto", "--effective-batch", "24"], "cuda", 5, monkeypatch=monkeypatch) == (4, 6)
+    # Room for plenty: one forward pass per step.
+    assert choose(["--batch-size", "auto", "--effective-batch", "24"], "cuda", 99, monkeypatch=monkeypatch) == (24, 1)
+    # Without --effective-batch: what the command trains with micro-batch 2, 2 x --grad-accum.
+    assert choose(["--batch-size", "auto", "--grad-accum", "8"], "cuda", 7, monkeypatch=monkeypatch) == (4, 4)
+    from gpt2.errors import UserError
+
+    with pytest.raises(UserError, match="not even one sequence"):
+        choose(["--batch-size", "auto"], "cuda", 0, monkeypatch=monkeypatch)
+
+
+def test_batch_size_auto_on_the_cpu_uses_the_default_micro_batch():
+    assert choose(["--batch-size", "auto", "--effective-batch", "16"]) == (2, 8)
+    assert choose(["--batch-size", "auto", "--effective-batch", "5"]) == (1, 5)
+    assert choose(["--batch-size", "auto"]) == (2, 1)
+
+
+def test_effective_batch_with_a_fixed_micro_batch_sets_the_accumulation():
+    from gpt2.errors import UserError
+
+    assert choose(["--batch-size", "4", "--effective-batch", "32"]) == (4, 8)
+    assert choose(["--batch-size", "3"]) == (3, 1)  # neither flag: nothing changes
+    with pytest.raises(UserError, match="multiple"):
+        choose(["--batch-size", "3", "--effective-batch", "32"])
+    with pytest.raises(UserError, match="grad-accum"):
+        choose(["--batch-size", "2", "--grad-accum", "2", "--effective-batch", "32"])
+
+
+def test_batch_size_flag_accepts_auto_and_numbers_only():
+    import train
+
+    p = train.build_parser()
+    assert p.parse_args(["--batch-size", "auto"]).batch_size == "auto"
+    assert p.parse_args(["--per_device_train_batch_size", "4"]).batch_size == 4
+    with pytest.raises(SystemExit):
+        p.parse_args(["--batch-size", "big"])
+
+
+def test_train_py_with_batch_size_auto(tmp_path, tiny_ckpt):
+    """End to end on the CPU: the chosen split is what trains and what run_args.json records."""
+    import train
+
+    text = tmp_path / "train.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    out = tmp_path / "out"
+    rc = train.main(["--model", tiny_ckpt, "--train-file", str(text), "--block-size", "16", "--batch-size", "auto",
+                     "--effective-batch", "6", "--max-steps", "2", "--no-progress", "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--loss-chunk", "5",
+                     "--checkpointing"])
+    assert rc == 0
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert (run_args["batch_size"], run_args["grad_accum"], run_args["effective_batch"]) == (2, 3, 6)
+
+
+# --- --compile -------------------------------------------------------------------------
+
+def test_compile_trains_a_tiny_model():
+    """Two steps with torch.compile give the eager losses (skipped without a C compiler)."""
+    from gpt2.trainer import TrainConfig, Trainer
+
+    if not hasattr(torch, "compile") or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("torch.compile needs a C compiler on the CPU")
+    blocks = np.random.default_rng(0).integers(0, SHAPE["vocab_size"], size=(8, 16))
+    losses = {}
+    for compiled in (False, True):
+        cfg = TrainConfig(batch_size=4, max_steps=2, lr=1e-3, compile=compiled, progress=False, log_every=1)
+        t = Trainer(tiny_model(), blocks, None, cfg, torch.device("cpu"), out_dir="/nonexistent",
+                    print_fn=lambda *a, **k: None)
+        try:
+            t.train()
+        except Exception as e:  # inductor's errors have no common base class
+            if compiled and "compiler" in str(e).lower():
+                pytest.skip(f"torch.compile does not work here: {str(e).splitlines()[0]}")
+            raise
+        losses[compiled] = [e["loss"] for e in t.log_history if "loss" in e]
+    assert len(losses[True]) == 2
+    assert np.allclose(losses[True], losses[False], atol=1e-4)
