@@ -206,7 +206,7 @@ def main(argv=None):
             raise UserError(f"{flag} {path}: the directory {os.path.dirname(os.path.abspath(path))} does not exist")
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  (only checking that it is there)
         except ImportError:
             raise UserError("--plot needs matplotlib: pip install matplotlib") from None
     if args.plot:

@@ -53,16 +53,22 @@ run() {  # run NAME LIMIT_S ARGS...: one benchmark, its table in the log, its JS
 }
 
 # 1. Same micro-batch, fp16: the speed and memory of each side.
-run fp16_b2_chunk 120 --precision fp16 --batch-size 2 --side $SIDE --ours-opts chunk=1024 \
+run fp16_b2_chunk 100 --precision fp16 --batch-size 2 --side $SIDE --ours-opts chunk=1024 \
     --steps 10 --warmup 3 --eval-batches 4 --eval-batch-size 8
-run fp16_b2_plain 90 --precision fp16 --batch-size 2 --side $SIDE --ours-opts "" \
-    --steps 10 --warmup 3 --eval-batches 0
 # 2. Four times the micro-batch: ours at 8 against transformers at 2.
-run fp16_b8_vs_hf_b2 100 --precision fp16 --batch-size 2 --ours-batch-size 8 --side $SIDE \
+run fp16_b8_vs_hf_b2 80 --precision fp16 --batch-size 2 --ours-batch-size 8 --side $SIDE \
     --ours-opts chunk=1024,checkpointing --steps 5 --warmup 2 --eval-batches 0
+# The README's main command, timed (random GPT-2 124M weights: nothing can be downloaded here).
+echo; echo "== python train.py --lr 1e-4 --epochs 3"
+python -c 'import torch; from gpt2.config import PRESETS; from gpt2.model import GPT2; from gpt2.weights import save_checkpoint; torch.manual_seed(0); save_checkpoint(GPT2(PRESETS["gpt2"]), "weights/gpt2")'
+( time timeout 100 python train.py --lr 1e-4 --epochs 3 --no-progress --log-every 50 --out /tmp/ckpt_main ) 2>&1 | tail -32
 # 3. Speed: compiled, bf16, the largest micro-batch that fits; MFU at --peak-tflops 989.
-run bf16_compile_auto 200 --precision bf16 --ours-batch-size auto --side ours \
+run bf16_compile_auto 150 --precision bf16 --ours-batch-size auto --side ours \
     --ours-opts chunk=4096,compile --steps 10 --warmup 3 --eval-batches 0 --peak-tflops 989
+
+# 4. Without the chunked loss, for comparison.
+run fp16_b2_plain 70 --precision fp16 --batch-size 2 --side $SIDE --ours-opts "" \
+    --steps 10 --warmup 3 --eval-batches 0
 
 echo; echo "== summary"
 python - "$OUT" <<'EOF'

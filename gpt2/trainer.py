@@ -40,7 +40,7 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -50,9 +50,9 @@ from .data import epoch_permutation
 from .distributed import Dist
 from .errors import UserError
 from .evaluation import evaluate
-from .files import atomic_path, write_json
+from .files import atomic_path
 from .precision import autocast, make_scaler
-from .report import log_line, metrics_block
+from .report import log_line
 
 
 @dataclass
@@ -75,7 +75,6 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)  # recorded in run_args.json, not used here
 
 
 def param_groups(model, weight_decay):
@@ -121,7 +120,8 @@ class NonFiniteLoss(UserError):
 
 class Trainer:
     def __init__(self, model, train_blocks, val_blocks, cfg: TrainConfig, device, out_dir,
-                 dist: Dist = Dist(), on_save=None, print_fn=tqdm.write):
+                 dist: Dist | None = None, on_save=None, print_fn=tqdm.write):
+        dist = dist or Dist()
         self.model = model.to(device)
         self.train_blocks = torch.from_numpy(np.asarray(train_blocks, dtype=np.int64))  # (N, T)
         self.val_blocks = val_blocks
@@ -160,22 +160,23 @@ class Trainer:
         self.log_history = []
         self.best = None          # (eval_loss, step)
         self.bad_evals = 0        # evaluations without improvement, for --patience
-        self.stop_requested = False
+        self.stop_requested = False  # Ctrl-C, or early stopping
+        self._stopped_early = False  # early stopping (--patience)
         self.lr_used = cfg.lr
         # Sum of the step losses since the last log, kept on the device: reading a GPU
         # number forces the CPU to wait for the GPU, so it is read only when logging.
         self.window_loss = torch.zeros((), device=device)
         self.window_steps = 0
+        self._perm = (None, None)  # (epoch, its permutation of the blocks)
 
     # --- data order ----------------------------------------------------------------
-    def epoch_of(self, step):
-        return step // self.steps_per_epoch
-
     def step_micro_batches(self, step):
         """Index tensors of the micro-batches this process runs at `step`, and the
         number of predicted tokens in the whole step (all micro-batches, all processes)."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        perm = epoch_permutation(self.n_train, self.cfg.seed, epoch)
+        if self._perm[0] != epoch:  # a new epoch: a new order, a function of (seed, epoch)
+            self._perm = (epoch, epoch_permutation(self.n_train, self.cfg.seed, epoch))
+        perm = self._perm[1]
         bs = self.cfg.batch_size
         first = k * self.micro_per_step
         chunks = [perm[i * bs:(i + 1) * bs] for i in range(first, min(first + self.micro_per_step, self.micro_per_epoch))]
@@ -306,8 +307,6 @@ class Trainer:
             metrics["train_skipped_steps"] = self.skipped
         return metrics
 
-    _stopped_early = False
-
     def _flush_window(self):
         """Mean loss of the steps since the last log (over all processes); adds it to loss_sum."""
         total = self.dist.all_reduce_sum(self.window_loss.clone()).item()  # a sync, once per log
@@ -393,7 +392,7 @@ class Trainer:
             "window_loss": self.window_loss.item() if window_loss is None else window_loss,
             "window_steps": self.window_steps,
             "log_history": self.log_history, "best": self.best, "bad_evals": self.bad_evals,
-            "config": {k: v for k, v in asdict(self.cfg).items() if k not in ("progress", "extra")},
+            "config": {k: v for k, v in asdict(self.cfg).items() if k != "progress"},
         }
 
     def save_state(self):
@@ -417,7 +416,7 @@ class Trainer:
             s = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise UserError(f"{path}: not a readable training state ({type(e).__name__})") from None
-        mine = {k: v for k, v in asdict(self.cfg).items() if k not in ("progress", "extra")}
+        mine = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
         diff = [f"{k} {mine[k]!r} (saved: {s['config'].get(k)!r})" for k in ("lr", "epochs", "max_steps", "batch_size",
                 "seed", "weight_decay", "warmup_steps", "precision") if s["config"].get(k) != mine[k]]
         # Another number of processes is fine if the micro-batches per step stay the
