@@ -303,3 +303,62 @@ def test_refuses_non_empty_out(tiny_ckpt, text_file, tmp_path):
     p = run_train("--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--out", out, check=False)
     assert p.returncode == 2 and "not empty" in p.stderr and "--overwrite" in p.stderr
     assert (out / "model.safetensors").read_bytes() == b"precious"
+
+
+CTRL_C_AT_STEP = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from gpt2.trainer import Trainer
+step = Trainer.optimizer_step
+def step_then_ctrl_c(self, *a, **k):
+    out = step(self, *a, **k)
+    if self.step == {at} - 1:  # Ctrl-C arrives during step {at}
+        os.kill(os.getpid(), signal.SIGINT)
+    return out
+Trainer.optimizer_step = step_then_ctrl_c
+sys.argv = ["train.py"] + sys.argv[1:]
+import runpy
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def test_ctrl_c_saves_a_resumable_state(tiny_ckpt, text_file, tmp_path):
+    common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--max-steps", 8,
+              "--lr", "1e-3", "--dropout", 0.1, "--no-progress", "--cache-dir", tmp_path / "cache"]
+    run_train(*common, "--out", tmp_path / "straight")
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_AT_STEP.format(root=str(ROOT), at=3, train=str(ROOT / "train.py")))
+    p = subprocess.run([sys.executable, str(script), *map(str, common), "--out", str(tmp_path / "int")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 130, p.stderr
+    assert "--resume" in p.stdout and not (tmp_path / "int" / "model.safetensors").exists()
+    assert torch.load(tmp_path / "int" / "resume.pt", weights_only=True)["step"] == 3
+    run_train(*common, "--out", tmp_path / "int", "--resume")
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "int" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_keeps_the_best_model(tiny_ckpt, tmp_path, monkeypatch):
+    """Evaluations every 2 steps score 3.0, 2.0, 2.5, 2.6: with patience 2 the run stops
+    at step 8 and ends with the weights of step 4, the best."""
+    scores = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    snapshots = {}
+
+    def fake_evaluate(self):
+        snapshots[self.step] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return {"eval_loss": next(scores), "eval_accuracy": 0.0}
+
+    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+    cfg = TrainConfig(lr=1e-3, max_steps=20, batch_size=2, eval_every=2, save_best=True, patience=2,
+                      progress=False, log_every=100)
+    t = Trainer(load_checkpoint(tiny_ckpt), random_blocks(16), random_blocks(2), cfg, torch.device("cpu"),
+                str(tmp_path / "o"), print_fn=lambda *a, **k: None)
+    metrics = t.train()
+    assert t.step == 8 and t.best == (2.0, 4)
+    assert (tmp_path / "o" / "best" / "model.safetensors").is_file()
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, snapshots[4][k]), k
+    assert metrics["train_loss"] > 0
+    assert [e["eval_loss"] for e in t.log_history if "eval_loss" in e] == [3.0, 2.0, 2.5, 2.6]
