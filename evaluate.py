@@ -12,10 +12,10 @@ training, so re-measuring a checkpoint on the same text gives what training prin
 
 import argparse
 import os
-import re
 import sys
 
-from gpt2.cli import Parser, add_data_args, add_runtime_args, non_negative_int, positive_int
+from gpt2.cli import (Parser, add_data_args, add_runtime_args, non_negative_float, non_negative_int,
+                      positive_int)
 from gpt2.errors import UserError, run_cli
 
 EPILOG = """\
@@ -34,16 +34,6 @@ checkpoint's run_args.json (its validation file, else the same last
 --validation-split percent of the training blocks that training held out, the demo
 corpus if it trained on that). A base model records nothing: pass --validation-file.
 """
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text}")
-    return v
 
 
 def build_parser():
@@ -80,14 +70,14 @@ def build_parser():
 
 def check_model_arg(name: str) -> None:
     """Fail before any work on a MODEL that cannot be loaded (the cheap checks only)."""
-    from gpt2.hub import ALIASES, resolve
+    from gpt2.hub import _HUB_ID, ALIASES, resolve
 
     if name in ALIASES:
         return  # a model name, even where a folder of that name exists (./gpt2 is the package)
     if not os.path.isdir(os.path.expanduser(name)):
-        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        if _HUB_ID.fullmatch(name) and not os.path.exists(os.path.expanduser(name)):
             return  # a hub id: found in weights/ or downloaded when loaded
-        resolve(name)  # not a directory nor a name: raises resolve's one-line error
+        resolve(name)  # a file, or neither a directory nor a name: raises resolve's one-line error
     elif not os.path.isfile(os.path.join(os.path.expanduser(name), "model.safetensors")):
         from gpt2.compare import read_json
 
@@ -202,6 +192,8 @@ def main(argv=None):
 
     # Everything that can be checked cheaply is checked before hours of evaluation.
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
+        if path and os.path.isdir(path):
+            raise UserError(f"{flag} {path}: is a directory; give a file name")
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UserError(f"{flag} {path}: the directory {os.path.dirname(os.path.abspath(path))} does not exist")
     if args.plot:

@@ -15,8 +15,8 @@ import os
 import shutil
 import sys
 
-from gpt2.cli import (Parser, add_data_args, add_model_args, add_runtime_args, non_negative_int,
-                      positive_float, positive_int, probability)
+from gpt2.cli import (Parser, add_data_args, add_model_args, add_runtime_args, non_negative_float,
+                      non_negative_int, positive_float, positive_int, probability)
 from gpt2.errors import UserError, run_cli
 from gpt2.hub import ALIASES
 
@@ -44,7 +44,7 @@ def build_parser():
                    help="stop after this many optimizer steps; overrides --epochs (<= 0: off)")
     g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=positive_int, default=1,
                    help="micro-batches per optimizer step (default: %(default)s)")
-    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=0.0)
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=non_negative_float, default=0.0)
     g.add_argument("--warmup-steps", "--warmup_steps", dest="warmup_steps", type=non_negative_int, default=0)
     g.add_argument("--max-grad-norm", "--max_grad_norm", dest="max_grad_norm", type=positive_float, default=1.0)
     g.add_argument("--dropout", type=probability, help="override the checkpoint's dropout probabilities")
@@ -95,20 +95,35 @@ def build_parser():
 
 
 def parse_lrs(text):
+    parts = str(text).split(",")
+    if any(not v.strip() for v in parts):  # "1e-3,,1e-4" or "1e-3,": a value is missing
+        raise UserError(f"--lr {text}: an empty value in the comma-separated list")
     try:
-        lrs = [float(v) for v in str(text).split(",") if v.strip()]
+        lrs = [float(v) for v in parts]
     except ValueError:
         raise UserError(f"--lr {text}: not a number or a comma-separated list of numbers") from None
-    if not lrs or any(not (v > 0 and v != float("inf")) for v in lrs):
+    if any(not (v > 0 and v != float("inf")) for v in lrs):
         raise UserError(f"--lr {text}: the learning rate must be a positive number")
     return lrs
+
+
+def check_out_is_a_directory(out):
+    """--out is a directory, or a path where one can be made: no file in the way.
+
+    Checked before training, so that a run does not end, hours later, unable to save.
+    """
+    path = os.path.abspath(out)
+    while not os.path.exists(path):  # the nearest part of the path that exists
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "" if path == os.path.abspath(out) else f" {path}"
+        raise UserError(f"--out {out}:{where} exists and is not a directory")
 
 
 def check_out_dir(args):
     """Refuse to write into a non-empty directory unless told to: never lose a checkpoint."""
     out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out}: exists and is not a directory")
+    check_out_is_a_directory(out)
     if args.resume:
         if not os.path.isfile(os.path.join(out, "resume.pt")):
             raise UserError(f"--resume: {out}/resume.pt not found; nothing to resume in {out}")
@@ -137,11 +152,28 @@ def run_sweep(args, lrs):
     plan = run_dirs(args.out, lrs)
     for _, directory in plan:  # all of them before the first run starts
         check_out_dir(argparse.Namespace(**{**vars(args), "out": directory}))
+    check_inputs(args)
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes
     # What the table shows for a run that failed before writing its own run_args.json.
     described = {"model": args.model}
     return sweep(plan, lambda lr, directory: run_one(argparse.Namespace(**{**vars(args), "out": directory}), lr),
                  run_args=described, is_main=is_main)
+
+
+def check_inputs(args):
+    """The sweep's inputs that do not depend on the rate, checked once before the first run.
+
+    A sweep marks a failed run and goes on with the next rate; a missing training file
+    or a wrong --model path would fail every run in turn, so they are one error here.
+    """
+    from gpt2.data import read_text
+    from gpt2.hub import _HUB_ID, resolve
+
+    for path in (args.train_file, args.validation_file):
+        if path is not None:
+            read_text(path)  # missing, a directory, empty, not UTF-8
+    if args.model not in ALIASES and not _HUB_ID.fullmatch(args.model):
+        resolve(args.model, args.weights_dir)  # a local path: no download, only its error
 
 
 def find_lr(args):
@@ -155,55 +187,51 @@ def find_lr(args):
 
     if not args.lr_min < args.lr_max:
         raise UserError(f"--lr-min {args.lr_min:g} must be below --lr-max {args.lr_max:g}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out}: exists and is not a directory")
+    check_out_is_a_directory(args.out)
     dist, device = distributed.setup(args.device)
+    model, _, precision, _, train_blocks, _, _ = load_model_and_data(args, dist, device)
+    cfg = train_config(args, args.lr_max, precision)
+    torch.manual_seed(args.seed + dist.rank)  # dropout masks, as in a training run
+    trainer = Trainer(model, train_blocks, None, cfg, device, args.out, dist=dist)
+    # One epoch at most: every step sees text the model has not been trained on
+    # yet, so a falling loss means learning, not memorising earlier batches.
+    steps = min(args.find_lr_steps, trainer.steps_per_epoch)
+    if steps < 5:
+        raise UserError(f"one epoch is only {trainer.steps_per_epoch} optimizer step(s), too few for a curve; "
+                        f"use more text, or a smaller --block-size, --batch-size or --grad-accum")
+    note = f" (one epoch of data; asked for {args.find_lr_steps})" if steps < args.find_lr_steps else ""
+    trainer.print(f"range test: {steps} steps{note}, lr from {args.lr_min:g} to {args.lr_max:g}, "
+                  f"effective batch {trainer.micro_per_step * cfg.batch_size}, {precision}, on {device}")
+    bar = tqdm(total=steps, unit="step", dynamic_ncols=True, disable=None if args.progress and dist.is_main else True)
+
+    def progress(k, lr, loss):
+        bar.update(1)
+        bar.set_postfix_str(f"lr {lr:.2g}, loss {loss:.4f}", refresh=False)
+
     try:
-        model, _, precision, _, train_blocks, _, _ = load_model_and_data(args, dist, device)
-        cfg = train_config(args, args.lr_max, precision)
-        torch.manual_seed(args.seed + dist.rank)  # dropout masks, as in a training run
-        trainer = Trainer(model, train_blocks, None, cfg, device, args.out, dist=dist)
-        # One epoch at most: every step sees text the model has not been trained on
-        # yet, so a falling loss means learning, not memorising earlier batches.
-        steps = min(args.find_lr_steps, trainer.steps_per_epoch)
-        if steps < 5:
-            raise UserError(f"one epoch is only {trainer.steps_per_epoch} optimizer step(s), too few for a curve; "
-                            f"use more text, or a smaller --block-size, --batch-size or --grad-accum")
-        note = f" (one epoch of data; asked for {args.find_lr_steps})" if steps < args.find_lr_steps else ""
-        trainer.print(f"range test: {steps} steps{note}, lr from {args.lr_min:g} to {args.lr_max:g}, "
-                      f"effective batch {trainer.micro_per_step * cfg.batch_size}, {precision}, on {device}")
-        bar = tqdm(total=steps, unit="step", dynamic_ncols=True, disable=None if args.progress and dist.is_main else True)
-
-        def progress(k, lr, loss):
-            bar.update(1)
-            bar.set_postfix_str(f"lr {lr:.2g}, loss {loss:.4f}", refresh=False)
-
-        try:
-            result = lr_finder.range_test(trainer, args.lr_min, args.lr_max, steps, progress=progress)
-        finally:
-            bar.close()
-        # The weights in memory are now trained at absurd rates: they are dropped here,
-        # never saved. Only the curve is written.
-        if not dist.is_main:
-            return 0
-        print(f"stopped after {len(result.lrs)} steps: {result.stop_reason}")
-        s = lr_finder.suggest(result.lrs, result.smoothed)
-        paths = lr_finder.write_results(args.out, result, s)
-        print(f"curve: {', '.join(paths)}" + ("" if len(paths) > 1 else " (no plot: matplotlib is not installed)"))
-        if s["minimum_10"] is None:
-            raise UserError(f"only {len(result.lrs)} point(s) before the loss diverged, too few for a suggestion; "
-                            f"lower --lr-max")
-        # Two significant digits: the test is not more precise than that.
-        shown = {k: format_lr(float(f"{v:.2g}")) for k, v in s.items() if v is not None}
-        if "steepest" in shown:
-            print(f"suggested learning rate: {shown['steepest']} (where the smoothed loss falls fastest)")
-        else:
-            print("the smoothed loss never fell over this range: lower --lr-min, or use more steps")
-        print(f"second opinion: {shown['minimum_10']} (the rate at the lowest smoothed loss, / 10)")
-        print(f"to compare: python train.py ... --lr {','.join(dict.fromkeys(shown.values()))} --out runs/")
-        return 0
+        result = lr_finder.range_test(trainer, args.lr_min, args.lr_max, steps, progress=progress)
     finally:
-        distributed.teardown()
+        bar.close()
+    # The weights in memory are now trained at absurd rates: they are dropped here,
+    # never saved. Only the curve is written.
+    if not dist.is_main:
+        return 0
+    print(f"stopped after {len(result.lrs)} steps: {result.stop_reason}")
+    s = lr_finder.suggest(result.lrs, result.smoothed)
+    paths = lr_finder.write_results(args.out, result, s)
+    print(f"curve: {', '.join(paths)}" + ("" if len(paths) > 1 else " (no plot: matplotlib is not installed)"))
+    if s["minimum_10"] is None:
+        raise UserError(f"only {len(result.lrs)} point(s) before the loss diverged, too few for a suggestion; "
+                        f"lower --lr-max")
+    # Two significant digits: the test is not more precise than that.
+    shown = {k: format_lr(float(f"{v:.2g}")) for k, v in s.items() if v is not None}
+    if "steepest" in shown:
+        print(f"suggested learning rate: {shown['steepest']} (where the smoothed loss falls fastest)")
+    else:
+        print("the smoothed loss never fell over this range: lower --lr-min, or use more steps")
+    print(f"second opinion: {shown['minimum_10']} (the rate at the lowest smoothed loss, / 10)")
+    print(f"to compare: python train.py ... --lr {','.join(dict.fromkeys(shown.values()))} --out runs/")
+    return 0
 
 
 def load_model_and_data(args, dist, device):
@@ -320,57 +348,57 @@ def run_one(args, lr):
 
     check_out_dir(args)
     dist, device = distributed.setup(args.device)
-    try:
-        model, tokenizer, precision, block_size, train_blocks, val_blocks, info = load_model_and_data(
-            args, dist, device)
-        cfg = train_config(args, lr, precision)
+    model, tokenizer, precision, block_size, train_blocks, val_blocks, info = load_model_and_data(
+        args, dist, device)
+    cfg = train_config(args, lr, precision)
 
-        def write_tokenizer(directory):
-            for src in tokenizer.files:
-                with atomic_path(os.path.join(directory, os.path.basename(src))) as tmp:
-                    shutil.copyfile(src, tmp)
+    def write_tokenizer(directory):
+        for src in tokenizer.files:
+            with atomic_path(os.path.join(directory, os.path.basename(src))) as tmp:
+                shutil.copyfile(src, tmp)
 
-        # Dropout masks; seed + rank so that under torchrun each process draws its own.
-        torch.manual_seed(args.seed + dist.rank)
-        trainer = Trainer(model, train_blocks, val_blocks, cfg, device, args.out, dist=dist, on_save=write_tokenizer)
-        if args.resume:
-            trainer.load_state(os.path.join(args.out, "resume.pt"))
-            if dist.is_main:
-                print(f"resuming at step {trainer.step} of {trainer.total_steps}")
-        train_metrics = trainer.train()
-        if train_metrics is None:  # interrupted, state saved
-            return 130
-
-        # Absolute paths, so that evaluate.py finds the data from any directory.
-        paths = {k: os.path.abspath(getattr(args, k)) for k in ("train_file", "validation_file") if getattr(args, k)}
-        model_name = os.path.abspath(args.model) if os.path.isdir(args.model) and args.model not in ALIASES else args.model
-        run_args = {**vars(args), **paths, "lr": lr, "model": model_name, "block_size": block_size, "precision": precision,
-                    "world_size": dist.world_size,
-                    "effective_batch": args.batch_size * args.grad_accum * dist.world_size,
-                    "total_steps": trainer.total_steps, "data": {k: v for k, v in info.items() if k != "summary"}}
-        eval_metrics = None
-        if val_blocks is not None:
-            eval_metrics = {"epoch": train_metrics["epoch"], **trainer.evaluate()}
+    # Dropout masks; seed + rank so that under torchrun each process draws its own.
+    torch.manual_seed(args.seed + dist.rank)
+    trainer = Trainer(model, train_blocks, val_blocks, cfg, device, args.out, dist=dist, on_save=write_tokenizer)
+    if args.resume:
+        trainer.load_state(os.path.join(args.out, "resume.pt"))
         if dist.is_main:
-            print(metrics_block("train", train_metrics))
-            if eval_metrics:
-                print(metrics_block("eval", eval_metrics))
-            os.makedirs(args.out, exist_ok=True)
-            save_checkpoint(model, args.out)
-            write_tokenizer(args.out)
-            write_json(os.path.join(args.out, "run_args.json"), run_args)
-            write_json(os.path.join(args.out, "train_results.json"), train_metrics)
-            if eval_metrics:
-                write_json(os.path.join(args.out, "eval_results.json"), eval_metrics)
-            write_json(os.path.join(args.out, "all_results.json"), {**train_metrics, **(eval_metrics or {})})
-            write_json(os.path.join(args.out, "log_history.json"), trainer.log_history)
-            resume = os.path.join(args.out, "resume.pt")
-            if os.path.exists(resume):
-                os.remove(resume)  # the run is complete: the final model supersedes it
-            print(f"saved to {args.out}/")
-        return 0
-    finally:
-        distributed.teardown()
+            print(f"resuming at step {trainer.step} of {trainer.total_steps}")
+    train_metrics = trainer.train()
+    if train_metrics is None:  # interrupted, state saved
+        return 130
+
+    # Absolute paths, so that evaluate.py finds the data from any directory.
+    paths = {k: os.path.abspath(getattr(args, k)) for k in ("train_file", "validation_file") if getattr(args, k)}
+    model_name = os.path.abspath(args.model) if os.path.isdir(args.model) and args.model not in ALIASES else args.model
+    run_args = {**vars(args), **paths, "lr": lr, "model": model_name, "block_size": block_size, "precision": precision,
+                "world_size": dist.world_size,
+                "effective_batch": args.batch_size * args.grad_accum * dist.world_size,
+                "total_steps": trainer.total_steps, "data": {k: v for k, v in info.items() if k != "summary"}}
+    eval_metrics = None
+    if val_blocks is not None:
+        eval_metrics = {"epoch": train_metrics["epoch"], **trainer.evaluate()}
+    if dist.is_main:
+        print(metrics_block("train", train_metrics))
+        if eval_metrics:
+            print(metrics_block("eval", eval_metrics))
+        os.makedirs(args.out, exist_ok=True)
+        save_checkpoint(model, args.out)
+        write_tokenizer(args.out)
+        write_json(os.path.join(args.out, "run_args.json"), run_args)
+        write_json(os.path.join(args.out, "train_results.json"), train_metrics)
+        if eval_metrics:
+            write_json(os.path.join(args.out, "eval_results.json"), eval_metrics)
+        elif os.path.exists(os.path.join(args.out, "eval_results.json")):
+            # an earlier run's, left by --overwrite: the table would show it as this run's
+            os.remove(os.path.join(args.out, "eval_results.json"))
+        write_json(os.path.join(args.out, "all_results.json"), {**train_metrics, **(eval_metrics or {})})
+        write_json(os.path.join(args.out, "log_history.json"), trainer.log_history)
+        resume = os.path.join(args.out, "resume.pt")
+        if os.path.exists(resume):
+            os.remove(resume)  # the run is complete: the final model supersedes it
+        print(f"saved to {args.out}/")
+    return 0
 
 
 if __name__ == "__main__":

@@ -51,6 +51,25 @@ def positive_float(text: str) -> float:
     return v
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text}")
+    return v
+
+
+def block_size(text: str) -> int:
+    """Tokens per block: at least 2, since a block of T tokens makes T-1 predictions."""
+    v = _integer(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (a block of T tokens makes T-1 "
+                                         f"next-token predictions), got {v}")
+    return v
+
+
 def positive_int_or_auto(text: str):
     """A positive integer, or "auto" (train.py's --batch-size: find the largest that fits)."""
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
@@ -80,7 +99,7 @@ def add_data_args(p):
     g = p.add_argument_group("data")
     g.add_argument("--validation-file", "--validation_file", dest="validation_file",
                    help="text file to evaluate on")
-    g.add_argument("--block-size", "--block_size", dest="block_size", type=positive_int,
+    g.add_argument("--block-size", "--block_size", dest="block_size", type=block_size,
                    help="tokens per training example (default: min(1024, n_positions))")
     g.add_argument("--cache-dir", default=None, help="where token ids are cached (default: .cache/tokens)")
     return g

@@ -23,6 +23,7 @@ import os
 
 from .errors import UserError
 from .report import format_runtime
+from .sweep import format_lr
 
 RESULT_FILES = ("run_args.json", "train_results.json", "eval_results.json", "all_results.json",
                 "log_history.json", "status.json")
@@ -135,22 +136,11 @@ def comparison_rows(dirs, fresh_eval=None) -> list[dict]:
     return rows
 
 
-def _format_lr(lr: float) -> str:
-    """1e-3, 5e-5, 2.5e-4: how learning rates are written on the command line.
-
-    Twelve significant digits hide float's binary rounding (3e-4 is stored as
-    0.000299999...); the same spelling as the sweep's run directories (sweep.py).
-    """
-    mantissa, exponent = f"{lr:.11e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
-
-
 def format_cell(key, value) -> str:
     if value is None:
         return "-"
     if key == "lr" and isinstance(value, (int, float)):
-        return _format_lr(float(value))
+        return format_lr(float(value))  # the spelling of the sweep's run directories
     if key == "train_runtime" and isinstance(value, (int, float)):
         return format_runtime(value)
     if key == "epochs" and isinstance(value, (int, float)):

@@ -28,6 +28,10 @@ class GPT2Config:
     resid_pdrop: float = 0.1  # dropout on each residual branch before it is added back
 
     def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head != 0:
             raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
@@ -54,7 +58,7 @@ class GPT2Config:
             raise UserError(f"{where}: not a GPT-2 config (missing {', '.join(missing)})")
         try:
             return cls(**values)
-        except TypeError as e:
+        except (TypeError, UserError) as e:  # a wrong type, or a value __post_init__ refuses
             raise UserError(f"{where}: {e}") from None
 
     @classmethod

@@ -123,11 +123,6 @@ def setup(device_arg: str):
     return _joined
 
 
-def teardown():
-    """The end of one training run. The group stays for the next run of a sweep
-    (see setup) and is left at exit."""
-
-
 def _leave():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -82,6 +82,8 @@ def resolve(name_or_path: str, weights_dir: str | None = None) -> str:
         repo, local_dir = ALIASES[name_or_path], os.path.join(weights_dir, name_or_path)
     elif os.path.isdir(path):
         return path
+    elif os.path.exists(path):  # checked before the hub id: "ckpt/model.safetensors" looks like one
+        raise UserError(f"{name_or_path}: is a file, not a model directory")
     elif _HUB_ID.fullmatch(name_or_path):
         repo, local_dir = name_or_path, os.path.join(weights_dir, *name_or_path.split("/"))
     elif path.startswith((".", "/", "~")) or os.sep in path or (os.altsep and os.altsep in path):

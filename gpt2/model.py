@@ -143,7 +143,7 @@ class GPT2(nn.Module):
         pos = torch.arange(past, past + T, device=input_ids.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            if self.checkpointing and self.training:
+            if self.checkpointing and self.training and not kv_caches:  # a cache must see every block
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x, kv_caches[i] if kv_caches else None)
@@ -151,6 +151,8 @@ class GPT2(nn.Module):
 
     def forward(self, input_ids, labels=None):
         """Logits (B, T, vocab) and, given labels, the mean next-token cross-entropy.
+
+        With `loss_chunk` set and labels given, the logits are never built: (None, loss).
 
         labels are the input ids themselves: the shift happens here, so that the
         logits at position t are scored against the token at t+1. Positions labelled

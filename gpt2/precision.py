@@ -25,13 +25,16 @@ CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    from .errors import UserError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import UserError
-
         raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # a typo: "gpu", "cuda0", ...
+        raise UserError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -10,8 +10,9 @@ import datetime
 
 def format_runtime(seconds: float) -> str:
     """3:21.77 as the Trainer writes it: 201.77 s -> '0:03:21.77'."""
-    whole = int(seconds)
-    return f"{datetime.timedelta(seconds=whole)}.{int(round((seconds - whole) * 100)) % 100:02d}"
+    # Round to whole hundredths first, so that 1.999 s becomes 2.00, not 1.00.
+    whole, hundredths = divmod(round(seconds * 100), 100)
+    return f"{datetime.timedelta(seconds=whole)}.{hundredths:02d}"
 
 
 def format_value(key: str, value):

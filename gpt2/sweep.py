@@ -15,7 +15,8 @@ runs comparable and the sweep robust:
   A diverging rate is a result, not a reason to lose the others.
 * Every run directory is checked before the first run starts: a sweep that would
   stop at its third run because runs/lr-1e-3/ already holds a checkpoint should say
-  so at once, not after two runs.
+  so at once, not after two runs. So are the inputs all runs share (train.py's
+  `check_inputs`): a missing training file is one error, not one failed run per rate.
 
 The exit status is 0 when at least one run completed, 1 when all failed, and 130
 when Ctrl-C interrupted a run (the sweep stops there; that run can be resumed alone).

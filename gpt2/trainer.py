@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import epoch_permutation
+from .data import epoch_permutation, to_batch
 from .distributed import Dist
 from .errors import UserError
 from .evaluation import evaluate
@@ -123,7 +123,9 @@ class Trainer:
                  dist: Dist | None = None, on_save=None, print_fn=tqdm.write):
         dist = dist or Dist()
         self.model = model.to(device)
-        self.train_blocks = torch.from_numpy(np.asarray(train_blocks, dtype=np.int64))  # (N, T)
+        # (N, T), kept in the ids' small dtype (uint16 for GPT-2: a quarter of int64);
+        # each micro-batch is converted on its own by to_batch.
+        self.train_blocks = np.asarray(train_blocks)
         self.val_blocks = val_blocks
         self.cfg, self.device, self.out, self.dist = cfg, device, out_dir, dist
         self.on_save = on_save or (lambda directory: None)  # writes tokenizer files etc.
@@ -193,7 +195,7 @@ class Trainer:
             micro_batches = [None]  # it still joins the gradient all-reduce, with zero weight
         step_loss = torch.zeros((), device=self.device)
         for i, idx in enumerate(micro_batches):
-            x = self.train_blocks[idx if idx is not None else slice(0, 1)]  # (b, T), on the host
+            x = to_batch(self.train_blocks, idx if idx is not None else [0])  # (b, T) int64, on the host
             if self.device.type == "cuda":
                 # A "non_blocking" copy from ordinary (pageable) memory still makes the
                 # CPU wait for the GPU's queue to drain: a sync per micro-step. From
@@ -280,7 +282,9 @@ class Trainer:
             bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-        if self.window_steps and (not self.stop_requested or self._stopped_early):
+        # `stop` (the vote), not self.stop_requested: under torchrun a Ctrl-C may have
+        # reached one process only, and _flush_window is a collective all must call.
+        if self.window_steps and (not stop or self._stopped_early):
             self._flush_window()  # early stopping between two logs: count those steps too
         self._check_finite(bad)
         runtime = time.time() - t0
@@ -321,8 +325,9 @@ class Trainer:
         # all-reduce, and all must raise at the same step (see distributed.py).
         # fp16 has no NaN check (the scaler skips overflowing steps), but a scale halved
         # 25 times in a row (65536 -> 0.002) means the model itself has diverged.
-        if self.dist.any(bool(bad)) or self.skipped_in_a_row >= 25:
-            what = "the training loss became NaN/inf" if bool(bad) else "fp16 gradients overflowed 25 steps in a row"
+        non_finite = self.dist.any(bool(bad))  # the vote, so that every process names the same cause
+        if non_finite or self.skipped_in_a_row >= 25:
+            what = "the training loss became NaN/inf" if non_finite else "fp16 gradients overflowed 25 steps in a row"
             kept = (f"the last good checkpoint, {self.out}/resume.pt, is kept"
                     if os.path.exists(os.path.join(self.out, "resume.pt")) else "nothing was saved")
             raise NonFiniteLoss(f"{what} by step {self.step} (learning rate too high?); stopped, {kept}")
@@ -377,7 +382,7 @@ class Trainer:
         self.on_save(directory)
 
     # --- resumable state -----------------------------------------------------------
-    def state_dict(self, rng_states=None, window_loss=None):
+    def state_dict(self, rng_states=None, window_losses=None):
         # Under torchrun only rank 0 calls this (from save_state): so nothing in here may
         # be a collective; save_state gathers the parts that differ between processes.
         return {
@@ -388,11 +393,14 @@ class Trainer:
             # One random-number state per process, by rank: each draws its own dropout masks.
             "rng": rng_states or [rng_state(self.device)], "world_size": self.dist.world_size,
             "step": self.step, "skipped": self.skipped, "loss_sum": self.loss_sum, "lr_used": self.lr_used,
-            # the unlogged steps' losses, summed over processes (a sync, at save time only)
-            "window_loss": self.window_loss.item() if window_loss is None else window_loss,
+            # The unlogged steps' losses, one sum per process (a sync, at save time only):
+            # added up in the same order as without the interruption, the log is the same.
+            "window_loss": window_losses or [self.window_loss.item()],
             "window_steps": self.window_steps,
             "log_history": self.log_history, "best": self.best, "bad_evals": self.bad_evals,
             "config": {k: v for k, v in asdict(self.cfg).items() if k != "progress"},
+            # What else decides the weights: the data's shape and the model's (its dropout included).
+            "data_shape": list(self.train_blocks.shape), "model_config": asdict(self.model.config),
         }
 
     def save_state(self):
@@ -400,15 +408,14 @@ class Trainer:
 
         Under torchrun rank 0 writes it alone: weights, optimizer and schedule are the
         same on every process. The random-number states and the losses not yet
-        logged differ, so they are gathered first, by every process; the barrier then keeps the others from running ahead of a
-        file that is not written yet.
+        logged differ, so they are gathered first, by every process; the barrier then
+        keeps the others from running ahead of a file that is not written yet.
         """
-        rngs = self.dist.all_gather_object(rng_state(self.device))
-        window_loss = self.dist.all_reduce_sum(self.window_loss.clone()).item()
+        parts = self.dist.all_gather_object((rng_state(self.device), self.window_loss.item()))
         if self.dist.is_main:
             os.makedirs(self.out, exist_ok=True)
             with atomic_path(os.path.join(self.out, "resume.pt")) as tmp:
-                torch.save(self.state_dict(rngs, window_loss), tmp)
+                torch.save(self.state_dict([rng for rng, _ in parts], [w for _, w in parts]), tmp)
         self.dist.barrier()
 
     def load_state(self, path):
@@ -416,9 +423,18 @@ class Trainer:
             s = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise UserError(f"{path}: not a readable training state ({type(e).__name__})") from None
+        if not isinstance(s, dict) or not isinstance(s.get("config"), dict):
+            raise UserError(f"{path}: not a training state of train.py")
         mine = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
         diff = [f"{k} {mine[k]!r} (saved: {s['config'].get(k)!r})" for k in ("lr", "epochs", "max_steps", "batch_size",
-                "seed", "weight_decay", "warmup_steps", "precision") if s["config"].get(k) != mine[k]]
+                "seed", "weight_decay", "warmup_steps", "max_grad_norm", "precision") if s["config"].get(k) != mine[k]]
+        # Another text or block size, another model shape or dropout: not the same run either.
+        # (States written before these were saved lack them: nothing to compare.)
+        if s.get("data_shape", list(self.train_blocks.shape)) != list(self.train_blocks.shape):
+            diff.append(f"training blocks {list(self.train_blocks.shape)} (saved: {s['data_shape']})")
+        for k, v in asdict(self.model.config).items():
+            if s.get("model_config", {}).get(k, v) != v:
+                diff.append(f"model {k} {v!r} (saved: {s['model_config'][k]!r})")
         # Another number of processes is fine if the micro-batches per step stay the
         # same (2 GPUs x accumulation 2 = 1 GPU x 4): the data order is then the same.
         saved_world = s.get("world_size", 1)
@@ -437,8 +453,11 @@ class Trainer:
         # else: another number of processes, so other dropout streams anyway; each
         # process keeps the generator seeded by train.py (seed + rank).
         self.step, self.skipped, self.loss_sum, self.lr_used = s["step"], s["skipped"], s["loss_sum"], s["lr_used"]
-        # the whole sum goes to one process; the all-reduce at the next log adds the rest
-        self.window_loss.fill_(s["window_loss"] if self.dist.is_main else 0.0)
+        windows = s["window_loss"] if isinstance(s["window_loss"], list) else [s["window_loss"]]
+        if len(windows) == self.dist.world_size:
+            self.window_loss.fill_(windows[self.dist.rank])  # each process its own sum, as before
+        else:  # the whole sum goes to one process; the all-reduce at the next log adds the rest
+            self.window_loss.fill_(sum(windows) if self.dist.is_main else 0.0)
         self.window_steps = s["window_steps"]
         self.log_history, self.best, self.bad_evals = s["log_history"], s["best"], s["bad_evals"]
         self.best = tuple(self.best) if self.best else None

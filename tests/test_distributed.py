@@ -207,6 +207,23 @@ def test_resume_under_torchrun_is_bit_exact_with_dropout(tiny_ckpt, data, tmp_pa
         assert json.load(open(out / "log_history.json")) == straight_history, stop
 
 
+def test_ctrl_c_on_one_rank_between_two_logs(tiny_ckpt, data, tmp_path):
+    """Ctrl-C reaching rank 1 alone while steps are not logged yet: rank 0 must not add
+    up those losses in a collective that rank 1, saving its state, never joins (it ended
+    in a crash, with no state saved). The resumed run matches an uninterrupted one."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 4, "--dropout", 0.1, "--log-every", 4]
+    torchrun(probe, *args, "--out", tmp_path / "straight")
+    out = tmp_path / "ctrl-c"
+    p = torchrun(probe, *args, "--out", out, env={"CTRL_C_AT": "1"}, check=False)
+    assert p.stdout.count("interrupted at step 2") == 1, p.stdout + p.stderr
+    assert torch.load(out / "resume.pt", weights_only=True)["window_steps"] == 2
+    torchrun(probe, *args, "--out", out, "--resume")
+    assert same_weights(tmp_path / "straight", out)
+    assert json.load(open(out / "log_history.json")) == json.load(open(tmp_path / "straight" / "log_history.json"))
+
+
 def test_an_error_on_one_rank_ends_the_run(tiny_ckpt, data, tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE.format(root=str(ROOT), train=str(ROOT / "train.py")))

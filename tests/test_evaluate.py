@@ -296,6 +296,34 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, capsys):
     assert "--batch-size" in msg
 
 
+def test_more_bad_inputs_are_one_line_errors(setup, runs, tmp_path, capsys):
+    """Inputs that used to end in a traceback (some only after the evaluation)."""
+    ckpt, text_file = setup.ckpt, setup.text_file
+    measure = [ckpt, "--validation-file", text_file, "--cache-dir", setup.cache]
+    # --json / --plot naming a directory: refused before the evaluation, not at the write
+    msg = single_line_error(*cli(measure + ["--json", tmp_path], capsys)[::2])
+    assert "--json" in msg and "is a directory" in msg
+    msg = single_line_error(*cli(runs[:1] + ["--plot", tmp_path], capsys)[::2])
+    assert "--plot" in msg and "is a directory" in msg
+    # a file given as MODEL: "ckpt/config.json" looks like a hub id org/name, but is no download
+    msg = single_line_error(*cli([os.path.join(ckpt, "config.json"), "--validation-file", text_file], capsys)[::2])
+    assert "is a file" in msg
+    msg = single_line_error(*cli(measure + ["--device", "gpu0"], capsys)[::2])
+    assert "--device gpu0" in msg
+    msg = single_line_error(*cli(measure + ["--block-size", 1], capsys)[::2])
+    assert "--block-size" in msg and "at least 2" in msg
+
+
+def test_runtime_is_rounded_to_hundredths():
+    from gpt2.report import format_runtime
+
+    assert format_runtime(201.77) == "0:03:21.77"
+    assert format_runtime(1.999) == "0:00:02.00"  # was 0:00:01.00: the carry into the seconds was lost
+    assert format_runtime(0.995) == "0:00:01.00"
+    assert format_runtime(3599.999) == "1:00:00.00"
+    assert format_runtime(0.004) == "0:00:00.00"
+
+
 # --- comparing runs ------------------------------------------------------------------
 
 def fake_run(root, name, lr, epochs, train_loss, eval_loss=None, failed=None, history=True):

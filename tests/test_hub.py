@@ -237,6 +237,20 @@ def test_local_directory_and_bad_paths(tmp_path, monkeypatch):
     assert "not a known model name" in one_line(e)
 
 
+def test_a_file_is_not_a_hub_id(tmp_path, monkeypatch):
+    """ckpt/model.safetensors has the form org/name: it must not be looked up on the hub."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # would fail if used
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("ckpt")
+    open(os.path.join("ckpt", "model.safetensors"), "wb").close()
+    weights = tmp_path / "weights"
+    for name in ("ckpt/model.safetensors", "./ckpt/model.safetensors"):
+        with pytest.raises(UserError) as e:
+            hub.resolve(name, weights_dir=str(weights))
+        assert one_line(e) == f"{name}: is a file, not a model directory"
+    assert not weights.exists()  # nothing was created for a download
+
+
 def test_default_weights_dir(monkeypatch):
     monkeypatch.delenv("GPT2_WEIGHTS_DIR", raising=False)
     root = os.path.dirname(os.path.dirname(os.path.abspath(hub.__file__)))

@@ -219,6 +219,16 @@ def test_sweep_exit_status_and_stale_status(tmp_path, capsys):
     assert "not started: --lr 1e-4" in capsys.readouterr().out
 
 
+def test_sweep_checks_its_shared_inputs_once(tiny, tmp_path):
+    """A missing training file fails every rate alike: one error, exit 2, nothing written
+    (it was one failed run per rate, each with a status.json, and exit status 1)."""
+    args = sweep_args(tiny, tmp_path, "1e-3,1e-4")
+    for flag, bad in (("--train-file", tmp_path / "missing.txt"), ("--model", tmp_path / "no-model")):
+        with pytest.raises(UserError, match="missing.txt|no-model"):
+            train.main(args + [flag, str(bad)])
+        assert not (tmp_path / "runs").exists()
+
+
 def test_sweep_checks_every_run_dir_before_the_first_run(tiny, tmp_path):
     taken = tmp_path / "runs" / "lr-1e-4"
     taken.mkdir(parents=True)

@@ -152,3 +152,31 @@ def test_broken_config_json(tiny_ckpt):
     with pytest.raises(UserError) as e:
         load_checkpoint(tiny_ckpt)
     assert "config.json" in one_line(e) and "JSON" in one_line(e)
+
+
+def test_config_with_a_zero_or_missing_size(tiny_ckpt):
+    cfg_path = os.path.join(tiny_ckpt, "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["n_head"] = 0  # used to end in ZeroDivisionError (n_embd % n_head)
+    json.dump(cfg, open(cfg_path, "w"))
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "config.json" in one_line(e) and "n_head" in one_line(e)
+
+
+def test_kv_cache_in_training_mode_with_checkpointing(tiny_ckpt):
+    """--checkpointing must not bypass the KV cache (generate() in training mode): a
+    cache that missed the prompt would restart the positions at 0 and forget the prompt."""
+    from gpt2.model import KVCache
+
+    model = load_checkpoint(tiny_ckpt, dropout=0.0)
+    model.checkpointing = True
+    model.train()  # dropout 0: training mode changes nothing else
+    ids = torch.randint(0, 50257, (2, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model.hidden_states(ids)[:, -1]
+        caches = [KVCache() for _ in model.transformer.h]
+        model.hidden_states(ids[:, :5], caches)  # the prompt fills the caches ...
+        got = model.hidden_states(ids[:, 5:], caches)[:, -1]  # ... and the next token reads them
+    assert all(len(c) == 6 for c in caches)
+    assert (got - want).abs().max().item() <= 1e-5

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -224,6 +225,61 @@ def test_resume_refuses_a_different_command(tiny_ckpt, text_file, tmp_path):
     assert p.returncode == 2 and "lr" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_resume_refuses_what_else_changes_the_weights(tiny_ckpt, tmp_path):
+    """Not only the flags of TrainConfig: clipping, the data's shape and the model's dropout
+    decide the weights too, so a resume with other values would not be exact."""
+    from gpt2.errors import UserError
+
+    def trainer(blocks, dropout=None, **cfg):
+        cfg = TrainConfig(**{"lr": 1e-3, "max_steps": 4, "progress": False, **cfg})
+        return Trainer(load_checkpoint(tiny_ckpt, dropout=dropout), blocks, None, cfg, torch.device("cpu"),
+                       str(tmp_path), print_fn=lambda *a, **k: None)
+
+    trainer(random_blocks(8)).save_state()
+    state = str(tmp_path / "resume.pt")
+    trainer(random_blocks(8)).load_state(state)  # the same command resumes
+    for other, what in ((trainer(random_blocks(8), max_grad_norm=0.5), "max_grad_norm"),
+                        (trainer(random_blocks(9)), "training blocks"),
+                        (trainer(random_blocks(8, T=16)), "training blocks"),
+                        (trainer(random_blocks(8), dropout=0.3), "attn_pdrop")):
+        with pytest.raises(UserError, match=what):
+            other.load_state(state)
+    torch.save({"something": "else"}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a training state"):
+        trainer(random_blocks(8)).load_state(str(tmp_path / "other.pt"))
+
+
+def test_training_blocks_keep_their_small_dtype(tiny_ckpt):
+    """The whole training set is not copied to int64 (4x the memory of GPT-2's uint16 ids)."""
+    t = train_ours(load_checkpoint(tiny_ckpt), random_blocks(8), max_steps=1)
+    assert t.train_blocks.dtype == np.uint16
+
+
+def test_non_finite_vote_names_the_same_cause_on_every_process(tiny_ckpt):
+    """Under torchrun a NaN on another process is this process's stop too, and its reason."""
+    t = Trainer(load_checkpoint(tiny_ckpt), random_blocks(4), None, TrainConfig(progress=False),
+                torch.device("cpu"), "/nonexistent", print_fn=lambda *a, **k: None)
+    t.dist = SimpleNamespace(any=lambda flag: True)  # another process voted "NaN"
+    with pytest.raises(trainer_module.NonFiniteLoss, match="NaN"):
+        t._check_finite(torch.tensor(False))
+
+
+def test_overwrite_leaves_no_stale_eval_results(tiny_ckpt, text_file, tmp_path):
+    """A run without validation written over one with it: the table must not show the old eval_loss."""
+    import train
+
+    out = tmp_path / "out"
+    common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", "32", "--max-steps", "1",
+              "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert train.main(common) == 0
+    assert (out / "eval_results.json").is_file()
+    assert train.main(common + ["--overwrite", "--validation-split", "0"]) == 0
+    assert not (out / "eval_results.json").exists()
+    from gpt2.compare import comparison_rows
+
+    assert comparison_rows([str(out)])[0]["eval_loss"] is None
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_ckpt, text_file, tmp_path, monkeypatch):
     blocks = random_blocks(16)
     model = load_checkpoint(tiny_ckpt)
@@ -249,7 +305,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_ckpt, text_file, t
 # --- bad input: one line, exit 2, nothing overwritten ---------------------------
 
 @pytest.mark.parametrize("case", ["missing", "empty", "short", "not-utf8", "block-too-big", "lr0", "lr-neg",
-                                  "epochs0", "batch0", "lr-text"])
+                                  "epochs0", "batch0", "lr-text", "lr-empty", "block1", "weight-decay-neg",
+                                  "device", "model-file", "out-under-file", "sweep-out-under-file"])
 def test_bad_input(case, tiny_ckpt, text_file, tmp_path):
     out = tmp_path / "existing"
     out.mkdir()
@@ -279,6 +336,20 @@ def test_bad_input(case, tiny_ckpt, text_file, tmp_path):
         extra = ["--epochs", "0"]
     elif case == "batch0":
         extra = ["--batch-size", "0"]
+    elif case == "lr-empty":
+        extra = ["--lr", "1e-3,,"]  # was a single run at 1e-3, silently
+    elif case == "block1":
+        extra = ["--block-size", 1]  # was a ZeroDivisionError in the first step
+    elif case == "weight-decay-neg":
+        extra = ["--weight-decay=-0.1"]  # was accepted (and NaN too)
+    elif case == "device":
+        extra = ["--device", "gpu"]  # was a RuntimeError traceback from torch.device
+    elif case == "model-file":
+        extra = ["--model", os.path.join(tiny_ckpt, "config.json")]  # was a download attempt of a hub id
+    elif case in ("out-under-file", "sweep-out-under-file"):
+        # was a NotADirectoryError traceback when saving, after the whole training
+        (tmp_path / "afile").write_text("precious")
+        extra = ["--out", tmp_path / "afile" / "sub"] + (["--lr", "1e-3,1e-4"] if case.startswith("sweep") else [])
     args = ["--model", tiny_ckpt, "--train-file", train, "--out", tmp_path / "new", "--cache-dir", tmp_path / "c"]
     if "--block-size" not in extra:
         args += ["--block-size", 32]
@@ -289,10 +360,15 @@ def test_bad_input(case, tiny_ckpt, text_file, tmp_path):
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "new").exists() or not os.listdir(tmp_path / "new")
     assert (out / "model.safetensors").read_bytes() == b"precious"
+    if case.endswith("out-under-file"):
+        assert (tmp_path / "afile").read_text() == "precious"
     msg = lines[0]
     expect = {"missing": "no such file", "empty": "empty", "short": "fewer than one block of 32",
               "not-utf8": "line 2", "block-too-big": "64", "lr0": "positive", "lr-neg": "positive",
-              "epochs0": "positive", "batch0": "positive", "lr-text": "not a number"}[case]
+              "epochs0": "positive", "batch0": "positive", "lr-text": "not a number", "lr-empty": "empty value",
+              "block1": "at least 2", "weight-decay-neg": "--weight-decay", "device": "--device gpu",
+              "model-file": "is a file", "out-under-file": "not a directory",
+              "sweep-out-under-file": "not a directory"}[case]
     assert expect in msg, msg
 
 
