@@ -233,7 +233,7 @@ def main(argv=None):
         for name in args.models:
             directory = directories[name]
             model = load_checkpoint(directory).to(device).eval()
-            tokenizer = Tokenizer.for_checkpoint(directory)
+            tokenizer = Tokenizer.for_checkpoint(directory, model.config.vocab_size)
             if measuring:
                 fresh[name], block_size = measure(args, name, model, directory, tokenizer, device, precision)
                 block_sizes.add(block_size)

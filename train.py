@@ -134,6 +134,8 @@ def check_out_dir(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if (args.save_best or args.patience) and not args.eval_every:
+        raise UserError("--save-best and --patience act on evaluations during training: add --eval-every N")
     if args.find_lr:
         return find_lr(args)
     lrs = parse_lrs(args.lr)
@@ -255,7 +257,7 @@ def load_model_and_data(args, dist, device):
     model, model_dir = load_pretrained(args.model, dropout=args.dropout, weights_dir=args.weights_dir)
     model.checkpointing = args.checkpointing
     model.loss_chunk = args.loss_chunk
-    tokenizer = Tokenizer.for_checkpoint(model_dir)
+    tokenizer = Tokenizer.for_checkpoint(model_dir, model.config.vocab_size)
     n_pos = model.config.n_positions
     block_size = args.block_size or min(1024, n_pos)
     if block_size > n_pos:
@@ -266,6 +268,9 @@ def load_model_and_data(args, dist, device):
     if dist.is_main:
         dist.barrier()  # the files are ready: let the others go
         print(info["summary"])
+        if args.eval_every and val_blocks is None:
+            print("warning: --eval-every without validation data (--validation-split 0 and no "
+                  "--validation-file): no evaluation will run", file=sys.stderr)
     choose_batch(args, model, block_size, precision, dist, device)
     return model, tokenizer, precision, block_size, train_blocks, val_blocks, info
 

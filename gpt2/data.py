@@ -243,10 +243,16 @@ def split_blocks(blocks: np.ndarray, validation_percent: float, source="the trai
     return blocks[:n - n_val], blocks[n - n_val:]
 
 
-def to_batch(blocks: np.ndarray, indices=None) -> torch.Tensor:
-    """Rows of `blocks` (all, or those at `indices`) as an int64 tensor, ready for the model."""
+def to_batch(blocks: np.ndarray, indices=None, device=None) -> torch.Tensor:
+    """Rows of `blocks` (all, or those at `indices`) as an int64 tensor on `device`."""
     rows = blocks if indices is None else blocks[np.asarray(indices)]
-    return torch.from_numpy(rows.astype(np.int64))
+    x = torch.from_numpy(rows.astype(np.int64))
+    if device is not None and torch.device(device).type == "cuda":
+        # A "non_blocking" copy from ordinary (pageable) memory still makes the CPU
+        # wait for the GPU's queue to drain: a sync per batch. From pinned
+        # (page-locked) memory it is a true asynchronous copy.
+        x = x.pin_memory().to(device, non_blocking=True)
+    return x if device is None else x.to(device)
 
 
 def epoch_permutation(n_blocks: int, seed: int, epoch: int) -> np.ndarray:

@@ -79,7 +79,7 @@ def eval_sums(model, blocks: np.ndarray, batch_size: int, device, precision: str
     try:
         starts = range(0, len(blocks), batch_size)
         for start in tqdm(starts, desc="eval", unit="batch", disable=not progress):
-            x = to_batch(blocks[start:start + batch_size]).to(device, non_blocking=True)  # (B, T)
+            x = to_batch(blocks[start:start + batch_size], device=device)  # (B, T)
             with autocast(device, precision):
                 h = model.hidden_states(x)  # (B, T, C)
             # The last position predicts nothing; the first token is never predicted.

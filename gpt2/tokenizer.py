@@ -58,11 +58,17 @@ class Tokenizer:
         return cls(os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"))
 
     @classmethod
-    def for_checkpoint(cls, directory: str) -> "Tokenizer":
-        """The checkpoint's own tokenizer files, else GPT-2's, shipped in weights/gpt2/."""
-        if all(os.path.isfile(os.path.join(directory, f)) for f in FILES):
-            return cls.from_dir(directory)
-        return cls.from_dir(SHIPPED_DIR)
+    def for_checkpoint(cls, directory: str, model_vocab_size: int) -> "Tokenizer":
+        """The checkpoint's own tokenizer files, else GPT-2's, shipped in weights/gpt2/.
+
+        Every id it can produce must have a row in the model's embedding matrix.
+        """
+        own = all(os.path.isfile(os.path.join(directory, f)) for f in FILES)
+        tok = cls.from_dir(directory if own else SHIPPED_DIR)
+        if tok.vocab_size > model_vocab_size:
+            raise UserError(f"{directory}: the tokenizer has {tok.vocab_size} tokens, "
+                            f"the model's vocab_size is only {model_vocab_size}")
+        return tok
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids

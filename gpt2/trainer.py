@@ -195,13 +195,7 @@ class Trainer:
             micro_batches = [None]  # it still joins the gradient all-reduce, with zero weight
         step_loss = torch.zeros((), device=self.device)
         for i, idx in enumerate(micro_batches):
-            x = to_batch(self.train_blocks, idx if idx is not None else [0])  # (b, T) int64, on the host
-            if self.device.type == "cuda":
-                # A "non_blocking" copy from ordinary (pageable) memory still makes the
-                # CPU wait for the GPU's queue to drain: a sync per micro-step. From
-                # pinned (page-locked) memory it is a true asynchronous copy.
-                x = x.pin_memory()
-            x = x.to(self.device, non_blocking=True)
+            x = to_batch(self.train_blocks, idx if idx is not None else [0], self.device)  # (b, T)
             share = x.numel() - x.shape[0] if idx is not None else 0  # predicted tokens: T-1 per block
             weight = share / step_tokens
             # DDP averages gradients over processes; multiply back so that the sum over

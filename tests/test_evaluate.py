@@ -58,7 +58,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     text_file = tmp / "text.txt"
     text_file.write_text(make_text(), encoding="utf-8")
-    tokenizer = Tokenizer.for_checkpoint(str(ROOT / "weights" / "gpt2"))
+    tokenizer = Tokenizer.for_checkpoint(str(ROOT / "weights" / "gpt2"), 50257)
     blocks = make_blocks(load_token_ids(text_file, tokenizer, None), BLOCK, text_file)
     hf = hf_model(**TINY)
     hf.train()
@@ -248,7 +248,7 @@ def test_sampling_is_deterministic_with_a_seed(setup, capsys):
 
 def test_sample_function(setup):
     model = load_checkpoint(setup.ckpt).eval()
-    tok = Tokenizer.for_checkpoint(setup.ckpt)
+    tok = Tokenizer.for_checkpoint(setup.ckpt, 50257)
     a = evaluate_cli.sample(model, tok, "", 8, 1.0, 50, 7, CPU, "fp32")
     b = evaluate_cli.sample(model, tok, "", 8, 1.0, 50, 7, CPU, "fp32")
     assert a == b and "<|endoftext|>" not in a[:13]

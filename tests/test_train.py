@@ -438,3 +438,17 @@ def test_early_stopping_keeps_the_best_model(tiny_ckpt, tmp_path, monkeypatch):
         assert torch.equal(v, snapshots[4][k]), k
     assert metrics["train_loss"] > 0
     assert [e["eval_loss"] for e in t.log_history if "eval_loss" in e] == [3.0, 2.0, 2.5, 2.6]
+
+
+def test_options_that_need_evaluations(tiny_ckpt, text_file, tmp_path):
+    p = run_train("--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--save-best",
+                  "--out", tmp_path / "o", check=False)
+    assert p.returncode == 2 and "--eval-every" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_model_smaller_than_the_tokenizer(tmp_path, text_file):
+    path = save_hf(hf_model(**dict(TINY, vocab_size=1000)), tmp_path / "small_vocab")
+    p = run_train("--model", path, "--train-file", text_file, "--block-size", 32, "--out", tmp_path / "o",
+                  check=False)
+    assert p.returncode == 2 and "vocab_size is only 1000" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
