@@ -41,22 +41,26 @@ def non_negative_int(text: str) -> int:
     return v
 
 
-def positive_float(text: str) -> float:
+def _finite_number(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0 or v == float("inf"):
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = _finite_number(text)
+    if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return v
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v >= 0 or v == float("inf"):
+    v = _finite_number(text)
+    if v < 0:
         raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text}")
     return v
 
@@ -76,10 +80,7 @@ def positive_int_or_auto(text: str):
 
 
 def probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    v = _finite_number(text)
     if not 0.0 <= v < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return v
