@@ -70,12 +70,12 @@ def build_parser():
 
 def check_model_arg(name: str) -> None:
     """Fail before any work on a MODEL that cannot be loaded (the cheap checks only)."""
-    from gpt2.hub import _HUB_ID, ALIASES, resolve
+    from gpt2.hub import ALIASES, is_hub_id, resolve
 
     if name in ALIASES:
         return  # a model name, even where a folder of that name exists (./gpt2 is the package)
     if not os.path.isdir(os.path.expanduser(name)):
-        if _HUB_ID.fullmatch(name) and not os.path.exists(os.path.expanduser(name)):
+        if is_hub_id(name) and not os.path.exists(os.path.expanduser(name)):
             return  # a hub id: found in weights/ or downloaded when loaded
         resolve(name)  # a file, or neither a directory nor a name: raises resolve's one-line error
     elif not os.path.isfile(os.path.join(os.path.expanduser(name), "model.safetensors")):

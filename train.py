@@ -169,12 +169,12 @@ def check_inputs(args):
     or a wrong --model path would fail every run in turn, so they are one error here.
     """
     from gpt2.data import read_text
-    from gpt2.hub import _HUB_ID, resolve
+    from gpt2.hub import is_hub_id, resolve
 
     for path in (args.train_file, args.validation_file):
         if path is not None:
             read_text(path)  # missing, a directory, empty, not UTF-8
-    if args.model not in ALIASES and not _HUB_ID.fullmatch(args.model):
+    if args.model not in ALIASES and not is_hub_id(args.model):
         resolve(args.model, args.weights_dir)  # a local path: no download, only its error
 
 

@@ -56,6 +56,11 @@ KNOWN_FILES = {
 
 # A hub id is `org/name`: one slash, letters, digits, '.', '_', '-', not starting with '.' or '-'.
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_hub_id(name: str) -> bool:
+    """Does `name` look like a hub repository id, org/name?"""
+    return _HUB_ID.fullmatch(name) is not None
 TIMEOUT_S = 30     # for connecting and for each read; a stalled server is an error, not a hang
 CHUNK = 1 << 20    # read and write 1 MiB at a time
 
@@ -84,7 +89,7 @@ def resolve(name_or_path: str, weights_dir: str | None = None) -> str:
         return path
     elif os.path.exists(path):  # checked before the hub id: "ckpt/model.safetensors" looks like one
         raise UserError(f"{name_or_path}: is a file, not a model directory")
-    elif _HUB_ID.fullmatch(name_or_path):
+    elif is_hub_id(name_or_path):
         repo, local_dir = name_or_path, os.path.join(weights_dir, *name_or_path.split("/"))
     elif path.startswith((".", "/", "~")) or os.sep in path or (os.altsep and os.altsep in path):
         raise UserError(f"{name_or_path}: no such directory")
