@@ -18,6 +18,15 @@ Two twists make a GPT-2 checkpoint more than `load_state_dict`:
   the mask buffers by their name. The LM head is tied to `wte`, so `lm_head.weight`,
   when present, must be that same matrix.
 
+Checking before loading. A safetensors header states every tensor's name, dtype
+and shape ahead of the data, so `read_header` gets them without reading a byte of the
+tensors, and `check_tensors` compares them with what config.json implies
+(`expected_shapes`). A config that does not match its file, or a tensor of integers,
+booleans or complex numbers (which `copy_` would silently cast into the model), is
+refused before any tensor is read and before the model is built. The data then gets
+one look: NaN or infinity in a weight (the mark of a diverged run) would load
+without complaint and train to a NaN loss, so it is refused too.
+
 Files are written as `transformers` writes them, so `GPT2LMHeadModel.from_pretrained`
 opens a checkpoint fine-tuned here.
 """
@@ -25,29 +34,130 @@ opens a checkpoint fine-tuned here.
 import os
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import GPT2Config
 from .errors import UserError
 from .files import atomic_path
+from .hub import resolve
 from .model import GPT2
 
 # Weights stored (in, out) by HF's Conv1D; nn.Linear wants (out, in).
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers in the original file that are not parameters (the causal mask, a constant).
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
+# The dtypes a weight may have in the file, by safetensors' names; the model holds
+# float32 and converts on load. Anything else (I32, U8, BOOL, C64, ...) is not a weight.
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_DTYPE_NAMES = {t: name for name, t in FLOAT_DTYPES.items()}
 
 
-def read_safetensors(path: str) -> dict:
+# --- reading a file ------------------------------------------------------------------
+
+def _check_readable(path: str) -> None:
+    if os.path.isdir(path):
+        raise UserError(f"{path}: a directory, not a file")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise UserError(f"{path}: permission denied") from None
+
+
+def _unreadable(path: str, e: Exception) -> UserError:
+    if isinstance(e, PermissionError):
+        return UserError(f"{path}: permission denied")
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return UserError(f"{path}: not a readable safetensors file ({reason}); truncated download?")
+
+
+def read_header(path: str) -> dict:
+    """name -> (dtype, shape) of every tensor in the file, from its header alone."""
+    _check_readable(path)
+    try:
+        with safe_open(path, "pt") as f:
+            return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
+
+
+def read_safetensors(path: str) -> dict:
+    """Every tensor in the file, by name."""
+    _check_readable(path)
+    try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: not a readable safetensors file ({reason}); truncated download?") from None
+        raise _unreadable(path, e) from None
 
+
+def header_of(tensors: dict) -> dict:
+    """What read_header would say of a file holding these tensors."""
+    name = lambda dtype: _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+    return {k: (name(t.dtype), tuple(t.shape)) for k, t in tensors.items()}
+
+
+# --- comparing it with config.json ---------------------------------------------------
+
+def expected_shapes(cfg: GPT2Config) -> dict:
+    """name (without `transformer.`) -> shape of every tensor in a GPT-2 file of this
+    config, in the file's layout: Conv1D matrices are (in, out). tests/test_model.py
+    checks that this is GPT2's own state_dict."""
+    V, P, C = cfg.vocab_size, cfg.n_positions, cfg.n_embd
+    block = {
+        "ln_1.weight": (C,), "ln_1.bias": (C,),
+        "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),  # q, k, v side by side
+        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+        "ln_2.weight": (C,), "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,),
+        "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+    }
+    shapes = {"wte.weight": (V, C), "wpe.weight": (P, C)}
+    for i in range(cfg.n_layer):
+        shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
+    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    return shapes
+
+
+def _weights_in(header: dict, path: str) -> dict:
+    """name (without `transformer.`) -> the file's key, for every tensor that is a weight."""
+    found = {}
+    for key in header:
+        name = key.removeprefix("transformer.")
+        if name.endswith(MASK_BUFFERS):
+            continue  # never loaded, so any dtype or shape will do
+        if name in found:
+            raise UserError(f"{path}: holds both {found[name]} and {key}; which one is the weight?")
+        found[name] = key
+    return found
+
+
+def check_tensors(header: dict, cfg: GPT2Config, path: str, config_path: str = "config.json") -> None:
+    """Refuse a file (its header: name -> (dtype, shape)) that is not the model `cfg` describes."""
+    want = expected_shapes(cfg)
+    found = _weights_in(header, path)
+    missing = sorted(set(want) - set(found))
+    unexpected = sorted(set(found) - set(want) - {"lm_head.weight"})  # lm_head: tied, see hf_to_ours
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise UserError(f"{path}: tensors do not match {config_path}: {', '.join(parts)}")
+    for name, key in found.items():
+        dtype, shape = header[key]
+        implied = want["wte.weight" if name == "lm_head.weight" else name]
+        if shape != implied:
+            raise UserError(f"{path}: tensor {name} has shape {shape}, {config_path} implies {implied}")
+        if dtype not in FLOAT_DTYPES:
+            raise UserError(f"{path}: tensor {name} has dtype {dtype}; a weight must be floating point "
+                            f"({', '.join(FLOAT_DTYPES)})")
+
+
+# --- loading it ----------------------------------------------------------------------
 
 def hf_to_ours(tensors: dict, path: str) -> dict:
     """Rename and transpose a HF GPT-2 state dict into this model's state dict."""
@@ -56,6 +166,10 @@ def hf_to_ours(tensors: dict, path: str) -> dict:
         name = key.removeprefix("transformer.")
         if name.endswith(MASK_BUFFERS):
             continue
+        if not torch.isfinite(t).all():  # one pass over the tensor
+            bad = t.numel() - int(torch.isfinite(t).sum())
+            raise UserError(f"{path}: tensor {name} holds {bad} NaN or infinite values; "
+                            f"a diverged training run?")
         if name == "lm_head.weight":
             continue  # tied to wte: checked against it below
         if name.endswith(CONV1D):
@@ -65,37 +179,29 @@ def hf_to_ours(tensors: dict, path: str) -> dict:
         out["transformer." + name] = t.contiguous()
     head = tensors.get("lm_head.weight")
     wte = out.get("transformer.wte.weight")
-    if head is not None and wte is not None and not torch.equal(head, wte):
+    if head is not None and wte is not None and not (head.shape == wte.shape and torch.equal(head, wte)):
         raise UserError(f"{path}: lm_head.weight differs from wte.weight; GPT-2 ties them and so does this model")
     return out
 
 
+def _copy_into(model: GPT2, state: dict) -> None:
+    with torch.no_grad():
+        for k, want in model.state_dict().items():
+            if k != "lm_head.weight":  # the same tensor as wte
+                want.copy_(state[k])  # also converts fp16/bf16 files to the model's fp32
+
+
 def load_into(model: GPT2, tensors: dict, path: str, config_path: str = "config.json") -> None:
     """Copy the tensors into the model, with one-line errors for any mismatch."""
-    state = hf_to_ours(tensors, path)
-    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0].removeprefix('transformer.')})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0].removeprefix('transformer.')})")
-        raise UserError(f"{path}: tensors do not match {config_path}: {', '.join(parts)}")
-    for k, want in expected.items():
-        if state[k].shape != want.shape:
-            raise UserError(
-                f"{path}: tensor {k.removeprefix('transformer.')} has shape {tuple(state[k].shape)}, "
-                f"{config_path} implies {tuple(want.shape)}"
-            )
-    with torch.no_grad():
-        for k, want in expected.items():
-            want.copy_(state[k])  # also converts fp16/bf16 files to the model's fp32
+    check_tensors(header_of(tensors), model.config, path, config_path)
+    _copy_into(model, hf_to_ours(tensors, path))
 
 
-def load_checkpoint(directory: str, dropout: float | None = None) -> GPT2:
-    """Build a GPT2 from a directory with config.json and model.safetensors."""
+def load_checkpoint(directory: str, dropout: float | None = None, **options) -> GPT2:
+    """Build a GPT2 from a directory with config.json and model.safetensors.
+
+    options: the model's memory options (checkpointing, loss_chunk; see model.py).
+    """
     if not os.path.isdir(directory):
         raise UserError(f"{directory}: no such directory")
     config_path = os.path.join(directory, "config.json")
@@ -103,21 +209,22 @@ def load_checkpoint(directory: str, dropout: float | None = None) -> GPT2:
     if dropout is not None:
         cfg = cfg.with_dropout(dropout)
     weights_path = os.path.join(directory, "model.safetensors")
-    tensors = read_safetensors(weights_path)
-    model = GPT2(cfg)
-    load_into(model, tensors, weights_path, config_path)
+    # Nothing is read or built until the header agrees with the config ...
+    check_tensors(read_header(weights_path), cfg, weights_path, config_path)
+    # ... nor built until the data is sound (hf_to_ours refuses NaN and infinity).
+    state = hf_to_ours(read_safetensors(weights_path), weights_path)
+    model = GPT2(cfg, **options)
+    _copy_into(model, state)
     return model
 
 
-def load_pretrained(name_or_path: str, dropout: float | None = None, weights_dir: str | None = None):
+def load_pretrained(name_or_path: str, dropout: float | None = None, weights_dir: str | None = None, **options):
     """A model name (gpt2, org/name) or a checkpoint directory -> (model, directory).
 
     Names are looked up in weights/ and downloaded there when missing (hub.py).
     """
-    from .hub import resolve
-
     directory = resolve(name_or_path, weights_dir)
-    return load_checkpoint(directory, dropout), directory
+    return load_checkpoint(directory, dropout, **options), directory
 
 
 def to_hf(model: GPT2) -> dict:

@@ -2,16 +2,17 @@
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import TINY, hf_model, save_hf
 from gpt2.errors import UserError
 from gpt2.model import GPT2
 from gpt2.config import GPT2Config
-from gpt2.weights import load_checkpoint, save_checkpoint
+from gpt2.weights import expected_shapes, load_checkpoint, load_into, read_safetensors, save_checkpoint, to_hf
 
 CONFIGS = [
     TINY,
@@ -39,13 +40,15 @@ def test_logits_and_loss_match_transformers(tmp_path, shape):
     assert abs(loss.item() - want_loss.item()) <= 1e-5
 
 
-def test_original_openai_layout_with_mask_buffers(tmp_path):
-    """The openai-community/gpt2 file: no `transformer.` prefix, h.N.attn.bias masks, no lm_head."""
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bool])
+def test_original_openai_layout_with_mask_buffers(tmp_path, mask_dtype):
+    """The openai-community/gpt2 file: no `transformer.` prefix, h.N.attn.bias masks, no lm_head.
+    The masks are skipped, whatever their dtype."""
     hf = hf_model(**TINY)
     n = TINY["n_positions"]
     tensors = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
     for i in range(TINY["n_layer"]):
-        tensors[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+        tensors[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n).to(mask_dtype)
         tensors[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     d = tmp_path / "orig"
     d.mkdir()
@@ -119,8 +122,6 @@ def test_truncated_and_foreign_files(tiny_ckpt):
 
 
 def test_wrong_shape_tensor(tiny_ckpt):
-    from safetensors.torch import load_file
-
     path = os.path.join(tiny_ckpt, "model.safetensors")
     t = load_file(path)
     t["transformer.h.1.mlp.c_fc.bias"] = torch.zeros(7)
@@ -180,3 +181,146 @@ def test_kv_cache_in_training_mode_with_checkpointing(tiny_ckpt):
         got = model.hidden_states(ids[:, 5:], caches)[:, -1]  # ... and the next token reads them
     assert all(len(c) == 6 for c in caches)
     assert (got - want).abs().max().item() <= 1e-5
+
+
+# --- bad tensors: refused from the header, or before the model is built --------------
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any attempt to build a GPT2 fails the test: the file must be refused before."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a GPT2 was built for a checkpoint that should have been refused")
+    monkeypatch.setattr(GPT2, "__init__", refuse)
+
+
+def replace_tensor(directory, name, make):
+    """Rewrite model.safetensors with tensor `name` replaced by make(old)."""
+    path = os.path.join(directory, "model.safetensors")
+    t = load_file(path)
+    t[name] = make(t[name])
+    save_file(t, path)
+    return path
+
+
+def test_expected_shapes_are_the_models_own():
+    """weights.expected_shapes (what a header is compared with) is GPT2's state_dict in HF's layout."""
+    cfg = GPT2Config(**CONFIGS[1])
+    ours = {k.removeprefix("transformer."): tuple(t.shape) for k, t in to_hf(GPT2(cfg)).items()}
+    assert expected_shapes(cfg) == ours
+
+
+def test_mismatch_is_found_in_the_header(tiny_ckpt, no_model, monkeypatch):
+    """A config that does not match its file: refused before the model is built or the data read."""
+    import gpt2.weights
+
+    monkeypatch.setattr(gpt2.weights, "load_file", lambda *a, **k: pytest.fail("the tensors were read"))
+    cfg_path = os.path.join(tiny_ckpt, "config.json")
+    cfg = json.load(open(cfg_path))
+    for change, words in [(dict(n_layer=3), "12 missing (e.g. h.2."), (dict(n_layer=1), "unexpected"),
+                          (dict(n_embd=64), "(192,)"), (dict(vocab_size=50000), "(50000, 32)"),
+                          (dict(n_positions=128), "(128, 32)")]:
+        json.dump({**cfg, **change}, open(cfg_path, "w"))
+        with pytest.raises(UserError) as e:
+            load_checkpoint(tiny_ckpt)
+        assert "config.json" in one_line(e) and words in one_line(e), change
+
+
+NOT_FLOAT = [(torch.int32, "I32"), (torch.int64, "I64"), (torch.int8, "I8"), (torch.uint8, "U8"),
+             (torch.bool, "BOOL"), (torch.complex64, "C64"), (torch.float8_e4m3fn, "F8_E4M3")]
+
+
+@pytest.mark.parametrize("dtype, name", NOT_FLOAT, ids=[n for _, n in NOT_FLOAT])
+def test_non_float_tensors_are_refused(tiny_ckpt, no_model, dtype, name):
+    """copy_ would cast them silently (an int32 file once evaluated to eval_loss 674691, exit 0)."""
+    path = replace_tensor(tiny_ckpt, "transformer.h.0.ln_1.weight", lambda t: t.to(dtype))
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    msg = one_line(e)
+    assert "model.safetensors" in msg and "h.0.ln_1.weight" in msg and name in msg
+    # The trainer's path (load_into on tensors in memory) refuses them too.
+    model = SimpleNamespace(config=GPT2Config(**TINY))  # the check reads only the config
+    with pytest.raises(UserError) as e:
+        load_into(model, read_safetensors(path), path)
+    assert "h.0.ln_1.weight" in one_line(e) and str(dtype).removeprefix("torch.") in one_line(e)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nan_and_inf_are_refused(tiny_ckpt, no_model, bad, dtype):
+    def poison(t):
+        t = t.to(dtype).clone()
+        t[3, 5] = bad
+        return t
+
+    path = replace_tensor(tiny_ckpt, "transformer.h.1.attn.c_attn.weight", poison)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    msg = one_line(e)
+    assert "model.safetensors" in msg and "h.1.attn.c_attn.weight" in msg and "NaN or infinite" in msg
+
+
+def test_nan_refused_by_load_into(tiny_ckpt):
+    path = replace_tensor(tiny_ckpt, "transformer.ln_f.bias", lambda t: torch.full_like(t, float("nan")))
+    with pytest.raises(UserError) as e:
+        load_into(GPT2(GPT2Config(**TINY)), read_safetensors(path), path)
+    assert "ln_f.bias" in one_line(e) and "32 NaN" in one_line(e)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_load(tiny_ckpt, dtype):
+    path = os.path.join(tiny_ckpt, "model.safetensors")
+    tensors = {k: t.to(dtype) for k, t in load_file(path).items()}
+    save_file(tensors, path)
+    model = load_checkpoint(tiny_ckpt)
+    got = model.transformer.wte.weight
+    assert got.dtype == torch.float32 and torch.equal(got, tensors["transformer.wte.weight"].float())
+
+
+def test_the_same_tensor_under_both_layouts(tiny_ckpt, no_model):
+    path = os.path.join(tiny_ckpt, "model.safetensors")
+    t = load_file(path)
+    t["wte.weight"] = t["transformer.wte.weight"].clone()
+    save_file(t, path)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "wte.weight" in one_line(e) and "both" in one_line(e)
+
+
+def test_weights_file_is_a_directory(tiny_ckpt, no_model):
+    path = os.path.join(tiny_ckpt, "model.safetensors")
+    os.remove(path)
+    os.mkdir(path)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "model.safetensors" in one_line(e) and "directory" in one_line(e)
+
+
+def test_weights_permission_denied(tiny_ckpt, no_model, monkeypatch):
+    """(Simulated: the tests may run as root, whom file permissions do not stop.)"""
+    import builtins
+
+    real_open = builtins.open
+    path = os.path.join(tiny_ckpt, "model.safetensors")
+
+    def guarded(file, *args, **kwargs):
+        if os.fspath(file) == path:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "model.safetensors" in one_line(e) and "permission denied" in one_line(e)
+
+
+def test_weights_permission_denied_for_real(tiny_ckpt, no_model):
+    path = os.path.join(tiny_ckpt, "model.safetensors")
+    os.chmod(path, 0)
+    try:
+        open(path, "rb").close()
+        pytest.skip("this user reads any file (root)")
+    except PermissionError:
+        pass
+    with pytest.raises(UserError) as e:
+        load_checkpoint(tiny_ckpt)
+    assert "permission denied" in one_line(e)
