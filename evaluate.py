@@ -8,70 +8,75 @@
 
 The numbers come from gpt2/evaluation.py, the same code train.py runs at the end of
 training, so re-measuring a checkpoint on the same text gives what training printed.
+`main` reads what was asked, then does it: one function per kind of request.
 """
 
-import argparse
 import os
 import sys
+from types import SimpleNamespace
 
-from gpt2.cli import (Parser, add_data_args, add_runtime_args, non_negative_float, non_negative_int,
-                      positive_int)
+import torch
+
+from gpt2.cli import evaluate_parser
+from gpt2.compare import comparison_rows, format_table, is_run_dir, plot_curves
+from gpt2.data import build_datasets, default_cache_dir, load_token_ids, make_blocks
 from gpt2.errors import UserError, run_cli
-
-EPILOG = """\
-what is done:
-  one MODEL        its eval metrics (the '***** eval metrics *****' block of run_clm).
-  several MODELs   a table of the runs, from the results train.py saved in each
-                   directory (no model is loaded). With --validation-file, each model
-                   is measured on that file first and the table shows those numbers;
-                   a base model (gpt2, ...) may then be one of them.
-  --prompt TEXT    a sampled continuation from each MODEL, and only that, unless
-                   --validation-file or --json asks for the metrics as well.
-  --plot PATH      the loss curves of the given run directories, in one PNG.
-
-validation text, when --validation-file is not given: the one recorded in the
-checkpoint's run_args.json (its validation file, else the same last
---validation-split percent of the training blocks that training held out, the demo
-corpus if it trained on that). A base model records nothing: pass --validation-file.
-"""
+from gpt2.evaluation import evaluate
+from gpt2.files import read_json, write_json
+from gpt2.hub import ALIASES, is_hub_id, resolve
+from gpt2.outdir import run_status
+from gpt2.precision import autocast, pick_device, resolve_precision
+from gpt2.report import metrics_block
+from gpt2.run import pick_block_size
+from gpt2.tokenizer import Tokenizer
+from gpt2.weights import load_checkpoint
 
 
-def build_parser():
-    p = Parser(prog="evaluate.py", description="Measure GPT-2 checkpoints, compare runs, sample text.",
-               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="a checkpoint or run directory (train.py --out), or a model name train.py accepts "
-                        "(gpt2, gpt2-medium, org/name)")
-    p.add_argument("--weights-dir", default=None, help="where downloaded models live (default: weights/)")
-    add_data_args(p)
-    for action in p._actions:  # the shared help speaks of training
-        if action.dest == "block_size":
-            action.help = "tokens per evaluated block (default: the run's block size, else min(1024, n_positions))"
-    add_runtime_args(p, batch_size_default=8, batch_alias="--per_device_eval_batch_size")
+def main(argv=None):
+    args = evaluate_parser().parse_args(argv)
+    check_arguments(args)  # everything cheap, before hours of evaluation
+    asked = what_is_asked(args)
+    measured = evaluate_models(args, asked) if asked.metrics or asked.sample else {}
+    if asked.table:
+        print_table(args, measured)
+    elif asked.metrics and args.json:
+        write_json(args.json, measured[args.models[0]])
+    if args.plot:
+        plot_curves(args.models, args.plot)
+        print(f"loss curves written to {args.plot}", file=sys.stderr)
+    return 0
 
-    g = p.add_argument_group("output")
-    g.add_argument("--json", metavar="PATH",
-                   help="also write the metrics (several MODELs: the table's rows) to this JSON file")
-    g.add_argument("--markdown", action="store_true", help="the table of runs as a GitHub markdown table")
-    g.add_argument("--plot", metavar="PATH", help="draw the runs' loss curves into this PNG (needs matplotlib)")
 
-    g = p.add_argument_group("sampling")
-    g.add_argument("--prompt", help="text to continue ('' starts from <|endoftext|>)")
-    g.add_argument("--max-new-tokens", type=positive_int, default=50, help="tokens to sample (default: %(default)s)")
-    g.add_argument("--temperature", type=non_negative_float, default=1.0,
-                   help="below 1: safer, above 1: wilder; 0: always the most likely token (default: %(default)s)")
-    g.add_argument("--top-k", type=non_negative_int, default=50,
-                   help="sample among the k most likely tokens only; 0: all (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=42, help="the same seed gives the same sample (default: %(default)s)")
-    return p
+def what_is_asked(args):
+    """Which of metrics, a table of runs and samples the flags ask for (see --help)."""
+    several = len(args.models) > 1
+    numbers = args.prompt is None or bool(args.validation_file) or bool(args.json)
+    return SimpleNamespace(metrics=numbers and (not several or bool(args.validation_file)),
+                           table=numbers and several, sample=args.prompt is not None)
+
+
+def check_arguments(args):
+    for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
+        if path and os.path.isdir(path):
+            raise UserError(f"{flag} {path}: is a directory; give a file name")
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UserError(f"{flag} {path}: the directory {os.path.dirname(os.path.abspath(path))} does not exist")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (only checking that the optional extra is there)
+        except ImportError:
+            raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+        for name in args.models:
+            if not is_run_dir(name):
+                raise UserError(f"--plot: {name} is not a run directory of train.py, so it has no loss curve")
+    if args.validation_file and not os.path.isfile(args.validation_file):
+        raise UserError(f"--validation-file {args.validation_file}: no such file")
 
 
 # --- finding the model and its validation text ---------------------------------------
 
 def check_model_arg(name: str) -> None:
     """Fail before any work on a MODEL that cannot be loaded (the cheap checks only)."""
-    from gpt2.hub import ALIASES, is_hub_id, resolve
-
     if name in ALIASES:
         return  # a model name, even where a folder of that name exists (./gpt2 is the package)
     if not os.path.isdir(os.path.expanduser(name)):
@@ -79,31 +84,18 @@ def check_model_arg(name: str) -> None:
             return  # a hub id: found in weights/ or downloaded when loaded
         resolve(name)  # a file, or neither a directory nor a name: raises resolve's one-line error
     elif not os.path.isfile(os.path.join(os.path.expanduser(name), "model.safetensors")):
-        from gpt2.compare import read_json
-
-        status = read_json(os.path.join(name, "status.json"), {}) or {}
+        status = run_status(name)
         why = f" (status.json: {status.get('status')}: {status.get('reason')})" if status.get("status") else ""
         raise UserError(f"{name}: no model.safetensors in this directory, so no model to load{why}")
 
 
 def run_args_of(directory) -> dict:
-    from gpt2.compare import read_json
-
     args = read_json(os.path.join(directory, "run_args.json"), {})
     return args if isinstance(args, dict) else {}
 
 
-def pick_block_size(args, run_args, n_positions) -> int:
-    block_size = args.block_size or run_args.get("block_size") or min(1024, n_positions)
-    if block_size > n_positions:
-        raise UserError(f"--block-size {block_size} is above the model's context of {n_positions} positions")
-    return block_size
-
-
 def validation_blocks(args, name, directory, run_args, block_size, tokenizer):
-    """(blocks (N, block_size), where they come from): see EPILOG."""
-    from gpt2.data import build_datasets, default_cache_dir, load_token_ids, make_blocks
-
+    """(blocks (N, block_size), where they come from): see `python evaluate.py --help`."""
     cache_dir = args.cache_dir or default_cache_dir()
     recorded = os.path.join(directory, "run_args.json")
 
@@ -138,11 +130,8 @@ def validation_blocks(args, name, directory, run_args, block_size, tokenizer):
 
 def measure(args, name, model, directory, tokenizer, device, precision):
     """(eval metrics, block size) of one model."""
-    from gpt2.compare import read_json
-    from gpt2.evaluation import evaluate
-
     run_args = run_args_of(directory)
-    block_size = pick_block_size(args, run_args, model.config.n_positions)
+    block_size = pick_block_size(args.block_size or run_args.get("block_size"), model.config.n_positions)
     blocks, source = validation_blocks(args, name, directory, run_args, block_size, tokenizer)
     print(f"evaluating {name} on {source}: {len(blocks):,} blocks of {block_size} tokens, "
           f"batch {args.batch_size}, {device.type} {precision}", file=sys.stderr)
@@ -161,10 +150,6 @@ def measure(args, name, model, directory, tokenizer, device, precision):
 
 def sample(model, tokenizer, prompt, max_new_tokens, temperature, top_k, seed, device, precision) -> str:
     """The prompt and its sampled continuation, as text. The same seed gives the same text."""
-    import torch
-
-    from gpt2.precision import autocast
-
     n_positions = model.config.n_positions
     if max_new_tokens >= n_positions:
         raise UserError(f"--max-new-tokens {max_new_tokens} must be below the model's context "
@@ -181,88 +166,44 @@ def sample(model, tokenizer, prompt, max_new_tokens, temperature, top_k, seed, d
     return tokenizer.decode(out[0, len(start):].tolist())
 
 
-# --- the command ---------------------------------------------------------------------
+# --- the requests --------------------------------------------------------------------
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    several = len(args.models) > 1
-    want_numbers = args.prompt is None or bool(args.validation_file) or bool(args.json)
-    measuring = want_numbers and (not several or bool(args.validation_file))
-    loading = measuring or args.prompt is not None
-
-    # Everything that can be checked cheaply is checked before hours of evaluation.
-    for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
-        if path and os.path.isdir(path):
-            raise UserError(f"{flag} {path}: is a directory; give a file name")
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise UserError(f"{flag} {path}: the directory {os.path.dirname(os.path.abspath(path))} does not exist")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401  (only checking that it is there)
-        except ImportError:
-            raise UserError("--plot needs matplotlib: pip install matplotlib") from None
-    if args.plot:
-        from gpt2.compare import is_run_dir
-
-        for name in args.models:
-            if not is_run_dir(name):
-                raise UserError(f"--plot: {name} is not a run directory of train.py, so it has no loss curve")
-    if args.validation_file and not os.path.isfile(args.validation_file):
-        raise UserError(f"--validation-file {args.validation_file}: no such file")
-    directories = {}
-    if loading:
-        from gpt2.hub import resolve
-
-        for name in args.models:
-            check_model_arg(name)
-        for name in args.models:  # downloads what is missing, before any evaluation
-            directories[name] = resolve(name, args.weights_dir)
-
-    from gpt2.compare import comparison_rows, format_table, plot_curves
-    from gpt2.files import write_json
-    from gpt2.report import metrics_block
-
-    fresh, block_sizes = {}, set()
-    if loading:
-        from gpt2.precision import pick_device, resolve_precision
-        from gpt2.tokenizer import Tokenizer
-        from gpt2.weights import load_checkpoint
-
-        device = pick_device(args.device)
-        precision = resolve_precision(args.precision, device)
-        for name in args.models:
-            directory = directories[name]
-            model = load_checkpoint(directory).to(device).eval()
-            tokenizer = Tokenizer.for_checkpoint(directory, model.config.vocab_size)
-            if measuring:
-                fresh[name], block_size = measure(args, name, model, directory, tokenizer, device, precision)
-                block_sizes.add(block_size)
-                if several:
-                    print(f"== {name} ==")
-                print(metrics_block("eval", fresh[name]))
-            if args.prompt is not None:
-                text = sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                              args.seed, device, precision)
-                top_k = args.top_k or "off"
-                print(f"----- sample from {name} (seed {args.seed}, temperature {args.temperature}, "
-                      f"top-k {top_k}) -----")
-                print(text)
-            del model  # free its memory before the next one
-
+def evaluate_models(args, asked) -> dict:
+    """Load each MODEL in turn: print its eval metrics and/or a sample. {name: metrics}."""
+    for name in args.models:
+        check_model_arg(name)
+    directories = {name: resolve(name, args.weights_dir) for name in args.models}  # downloads first
+    device = pick_device(args.device)
+    precision, _ = resolve_precision(args.precision, device)
+    measured, block_sizes = {}, set()
+    for name in args.models:
+        model = load_checkpoint(directories[name]).to(device).eval()
+        tokenizer = Tokenizer.for_checkpoint(directories[name], model.config.vocab_size)
+        if asked.metrics:
+            measured[name], block_size = measure(args, name, model, directories[name], tokenizer, device, precision)
+            block_sizes.add(block_size)
+            if len(args.models) > 1:
+                print(f"== {name} ==")
+            print(metrics_block("eval", measured[name]))
+        if asked.sample:
+            text = sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                          args.seed, device, precision)
+            print(f"----- sample from {name} (seed {args.seed}, temperature {args.temperature}, "
+                  f"top-k {args.top_k or 'off'}) -----")
+            print(text)
+        del model  # free its memory before the next one
     if len(block_sizes) > 1:
         print(f"warning: the models were measured on blocks of different sizes ({sorted(block_sizes)}, "
               f"from their runs): their eval_loss is not comparable; pass --block-size", file=sys.stderr)
-    if want_numbers and several:
-        rows = comparison_rows(args.models, fresh if args.validation_file else None)
-        print(format_table(rows, markdown=args.markdown))
-        if args.json:
-            write_json(args.json, rows)
-    elif measuring and args.json:
-        write_json(args.json, fresh[args.models[0]])
-    if args.plot:
-        plot_curves(args.models, args.plot)
-        print(f"loss curves written to {args.plot}", file=sys.stderr)
-    return 0
+    return measured
+
+
+def print_table(args, measured):
+    """The table of runs: saved results, or the numbers just measured on --validation-file."""
+    rows = comparison_rows(args.models, measured if args.validation_file else None)
+    print(format_table(rows, markdown=args.markdown))
+    if args.json:
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

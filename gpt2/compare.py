@@ -10,7 +10,7 @@ no model and no GPU, only these JSON files:
     eval_results.json  eval_loss, eval_accuracy, perplexity, ...
     all_results.json   both of the above in one dict
     log_history.json   [{'loss', 'learning_rate', 'epoch', 'step'}, {'eval_loss', ...}, ...]
-    status.json        {"status": "failed", "reason": "..."} for a run that did not finish
+    status.json        "done", or why not: "running", "failed" with the reason, ... (outdir.py)
 
 Any of them may be missing (a run stopped early, a run without validation): the
 table then shows '-' rather than refusing. `plot_curves` draws the training loss of
@@ -18,15 +18,14 @@ each run against the epoch (and eval_loss where it was logged), which shows what
 final numbers hide: a learning rate that diverges, or a run still improving.
 """
 
-import json
 import os
 
 from .errors import UserError
-from .report import format_runtime
-from .sweep import format_lr
+from .files import atomic_path, read_json
+from .outdir import RESULT_FILES, run_status
+from .report import format_lr, format_runtime
 
-RESULT_FILES = ("run_args.json", "train_results.json", "eval_results.json", "all_results.json",
-                "log_history.json", "status.json")
+JSON_FILES = tuple(f for f in RESULT_FILES if f.endswith(".json"))
 
 # (row key, column title) in the order the table shows them.
 COLUMNS = [
@@ -47,20 +46,9 @@ NUMERIC = {"lr", "epochs", "effective_batch", "train_loss", "eval_loss", "perple
            "train_runtime"}
 
 
-def read_json(path, default=None):
-    """The parsed file, `default` if it does not exist, a one-line UserError if it is not JSON."""
-    if not os.path.exists(path):
-        return default
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not readable JSON ({e})") from None
-
-
 def is_run_dir(path) -> bool:
     """True for a directory that holds at least one of the files train.py writes."""
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RESULT_FILES)
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in JSON_FILES)
 
 
 def read_run(directory) -> dict:
@@ -68,9 +56,9 @@ def read_run(directory) -> dict:
     if not os.path.isdir(directory):
         raise UserError(f"{directory}: no such directory")
     if not is_run_dir(directory):
-        raise UserError(f"{directory}: not a run directory of train.py (none of {', '.join(RESULT_FILES)})")
+        raise UserError(f"{directory}: not a run directory of train.py (none of {', '.join(JSON_FILES)})")
     run = {}
-    for name in RESULT_FILES:
+    for name in JSON_FILES:
         default = [] if name == "log_history.json" else {}
         data = read_json(os.path.join(directory, name), default)
         if not isinstance(data, type(default)):
@@ -85,15 +73,16 @@ def _run_names(dirs) -> list[str]:
     return [n if names.count(n) == 1 else os.path.normpath(d) for n, d in zip(names, dirs)]
 
 
-def _status(run) -> str:
-    status = run["status"]
-    if status.get("status") == "failed":
-        return f"failed: {status.get('reason') or 'no reason given'}"
-    if status.get("status") and status.get("status") not in ("done", "finished", "ok", "completed"):
-        return str(status["status"])
+def _status(directory, run) -> str:
+    status = run_status(directory)
+    state = status.get("status")
+    if state in ("failed", "stopped"):
+        return f"{state}: {status.get('reason') or 'no reason given'}"
+    if state and state not in ("done", "finished", "ok", "completed"):
+        return str(state)
     if not (run["train_results"] or run["all_results"] or run["eval_results"]):
         return "no results"  # still training, or stopped before the end
-    return "done"
+    return f"done ({status['note']})" if status.get("note") else "done"
 
 
 def comparison_rows(dirs, fresh_eval=None) -> list[dict]:
@@ -107,11 +96,11 @@ def comparison_rows(dirs, fresh_eval=None) -> list[dict]:
     rows = []
     for d, name in zip(dirs, _run_names(dirs)):
         if d in fresh_eval and not is_run_dir(d):
-            run = {k.removesuffix(".json"): ([] if k == "log_history.json" else {}) for k in RESULT_FILES}
+            run = {k.removesuffix(".json"): ([] if k == "log_history.json" else {}) for k in JSON_FILES}
             status = "base model"
         else:
             run = read_run(d)
-            status = _status(run)
+            status = _status(d, run)
         args = run["run_args"]
         # all_results.json merges the other two; a run may have only some of them.
         results = {**run["all_results"], **run["train_results"], **run["eval_results"]}
@@ -195,8 +184,6 @@ def plot_curves(dirs, path) -> None:
         raise UserError("--plot needs matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")  # draw into a file; no window, no display needed
     import matplotlib.pyplot as plt
-
-    from .files import atomic_path
 
     curves = [(name, *loss_curves(d)) for d, name in zip(dirs, _run_names(dirs))]
     if not any(train or evals for _, train, evals in curves):

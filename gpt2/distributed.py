@@ -41,6 +41,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .precision import pick_device
+
 
 @dataclass
 class Dist:
@@ -98,8 +100,6 @@ def setup(device_arg: str):
     The group is left when the program exits.
     """
     global _joined
-    from .precision import pick_device
-
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Dist(), pick_device(device_arg)
     if _joined is not None:

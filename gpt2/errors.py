@@ -4,8 +4,14 @@ Bad input (a missing file, a wrong flag value, a checkpoint that does not match 
 config) is not a bug in this program, so it should not end in a Python traceback.
 Library code raises `UserError` with a message that names the file and the problem;
 the command-line entry points catch it, print that one line and exit with status 2
-(the status argparse uses for bad arguments). Anything else is a real bug and keeps
-its traceback.
+(the status argparse uses for bad arguments).
+
+Two more kinds of ending are the machine's, not the program's, and get one line too:
+an OSError the library did not expect (a disk that fills up or turns read-only in the
+middle of a save: the line names the file and the system's reason, exit 1), and a
+second Ctrl-C, which stops at once (exit 130, the shell's code for SIGINT; the first
+Ctrl-C is handled by the run itself, see control.py). Anything else is a real bug
+and keeps its traceback.
 """
 
 import sys
@@ -15,10 +21,22 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line, exit status 2."""
 
 
+class NonFiniteLoss(UserError):
+    """The loss, or the weights, stopped being finite numbers: the run cannot go on."""
+
+
 def run_cli(main, argv=None) -> int:
-    """Run `main(argv)`; turn a UserError into one line on stderr and exit code 2."""
+    """Run `main(argv)`; turn a UserError, an OSError or Ctrl-C into one line on stderr."""
     try:
         return main(argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} (nothing half-written was left under a final name)",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C twice): stopped at once", file=sys.stderr)
+        return 130

@@ -43,11 +43,11 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import to_batch
 from .errors import UserError
+from .loss import IGNORE_INDEX, cross_entropy, next_token_targets
 from .precision import autocast
 
 # Positions whose logits are computed at once (see the module docstring).
@@ -61,12 +61,15 @@ def _unwrap(model):
 
 
 @torch.no_grad()
-def eval_sums(model, blocks: np.ndarray, batch_size: int, device, precision: str, progress: bool = False):
+def eval_sums(model, blocks: np.ndarray, batch_size: int, device, precision: str, progress: bool = False,
+              stop=None):
     """(loss_sum, correct, count) over all next-token predictions in `blocks`, as device tensors.
 
     blocks: (N, T) token ids. loss_sum is the summed cross-entropy (fp64 where the
     device has it), correct the number of argmax hits, count = N*(T-1). Sums, not
     means, so that shards evaluated on several devices can simply be added up.
+    `stop()`, checked before each batch, ends the evaluation early (Ctrl-C): the sums
+    then cover the batches done so far.
     """
     model = _unwrap(model)
     device = torch.device(device)
@@ -79,37 +82,37 @@ def eval_sums(model, blocks: np.ndarray, batch_size: int, device, precision: str
     try:
         starts = range(0, len(blocks), batch_size)
         for start in tqdm(starts, desc="eval", unit="batch", disable=not progress):
+            if stop is not None and stop():
+                break
             x = to_batch(blocks[start:start + batch_size], device=device)  # (B, T)
             with autocast(device, precision):
                 h = model.hidden_states(x)  # (B, T, C)
-            # The last position predicts nothing; the first token is never predicted.
-            h = h[:, :-1].reshape(-1, h.shape[-1])  # (B*(T-1), C)
-            targets = x[:, 1:].reshape(-1)          # (B*(T-1),)
+            targets = next_token_targets(x).reshape(-1)  # (B*T,): the next token, -100 at each block's end
+            h = h.reshape(-1, h.shape[-1])                # (B*T, C)
             for r in range(0, len(targets), LOGIT_ROWS):
                 with autocast(device, precision):
                     logits = model.lm_head(h[r:r + LOGIT_ROWS])  # (rows, vocab)
                 t = targets[r:r + LOGIT_ROWS]                     # (rows,)
-                # The loss in fp32 even under autocast: a log-softmax over 50,257
-                # entries loses too much in 16 bits. Each position's loss is added in
-                # fp64: a sum in fp32 would round differently for other batch sizes or
-                # another split over GPUs, and eval_loss would change in the 7th digit.
-                loss_sum += F.cross_entropy(logits.float(), t, reduction="none").to(acc_dtype).sum()
-                correct += (logits.argmax(dim=-1) == t).sum()
-                count += t.numel()
+                # The loss of each position in fp32 (loss.py), added up in fp64: a sum
+                # in fp32 would round differently for other batch sizes or another split
+                # over GPUs, and eval_loss would change in the 7th digit.
+                loss_sum += cross_entropy(logits, t, reduction="none").to(acc_dtype).sum()
+                correct += (logits.argmax(dim=-1) == t).sum()  # a -100 target never matches
+                count += (t != IGNORE_INDEX).sum()
     finally:
         model.train(was_training)
     return loss_sum, correct, count
 
 
 def evaluate(model, blocks: np.ndarray, batch_size: int, device, precision: str, progress: bool = False,
-             reduce=None) -> dict:
+             reduce=None, stop=None) -> dict:
     """The run_clm eval metrics of `model` on `blocks` (N, T): see the module docstring.
 
     `reduce`, if given, is applied to a 1-D tensor [loss_sum, correct, count] before
     the division: under DistributedDataParallel each process evaluates its own share
     of the blocks and passes an all-reduce (sum), so that every process gets the
     metrics of the whole set. eval_steps_per_second then counts this process's steps,
-    which run in parallel with the others'.
+    which run in parallel with the others'. None if `stop()` ended it early.
     """
     if blocks.ndim != 2:
         raise ValueError(f"blocks must be a (N, T) array, got shape {blocks.shape}")
@@ -117,13 +120,15 @@ def evaluate(model, blocks: np.ndarray, batch_size: int, device, precision: str,
     if T < 2:
         raise UserError(f"blocks of {T} token make no next-token prediction; use a --block-size of 2 or more")
     start = time.time()
-    loss_sum, correct, count = eval_sums(model, blocks, batch_size, device, precision, progress)
+    loss_sum, correct, count = eval_sums(model, blocks, batch_size, device, precision, progress, stop)
     # One tensor, so that one all-reduce and one copy to the host carry all three.
     sums = torch.stack([loss_sum, correct.to(loss_sum.dtype), count.to(loss_sum.dtype)])  # (3,)
     if reduce is not None:
         sums = reduce(sums)
     loss_sum, correct, count = sums.tolist()  # the one synchronisation with the device
     runtime = time.time() - start
+    if stop is not None and stop():
+        return None  # stopped early: partial sums are no metrics
     if count == 0:
         raise UserError("no validation blocks to evaluate")
     eval_loss = loss_sum / count

@@ -53,8 +53,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from .errors import UserError
 from .files import atomic_path
+from .outdir import check
+from .report import format_lr
+from .run import setup
+from .trainer import Trainer
 
 BETA = 0.98          # smoothing of the loss, as fastai
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss is above this many times its minimum
@@ -147,7 +153,7 @@ def range_test(trainer, lr_min, lr_max, steps, beta=BETA, diverge=DIVERGE_FACTOR
         skipped_before = trainer.skipped
         batches, tokens = trainer.step_micro_batches(data_step)
         data_step += 1
-        step_loss = trainer.optimizer_step(batches, tokens)
+        step_loss, _ = trainer.optimizer_step(batches, tokens)
         # Each process holds its share of the step's mean loss: the sum over processes
         # is the mean, and every process then takes the same decision to stop.
         loss = trainer.dist.all_reduce_sum(step_loss.detach().clone()).item()
@@ -224,3 +230,57 @@ def write_results(out_dir, result: RangeTest, suggestions):
     if plot(png, result, suggestions):
         paths.append(png)
     return paths
+
+
+# --- train.py --find-lr --------------------------------------------------------------
+
+def main(args) -> int:
+    """The range test from the command line: a curve, a suggestion, no checkpoint."""
+    if not args.lr_min < args.lr_max:
+        raise UserError(f"--lr-min {args.lr_min:g} must be below --lr-max {args.lr_max:g}")
+    check(args.out, overwrite=True)  # a directory (or a path for one); only the curve is written there
+    run = setup(args, args.lr_max)
+    torch.manual_seed(args.seed + run.dist.rank)  # dropout masks, as in a training run
+    trainer = Trainer(run.model, run.train_blocks, None, run.cfg, run.device, args.out, dist=run.dist)
+    # One epoch at most: every step sees text the model has not been trained on
+    # yet, so a falling loss means learning, not memorising earlier batches.
+    steps = min(args.find_lr_steps, trainer.steps_per_epoch)
+    if steps < 5:
+        raise UserError(f"one epoch is only {trainer.steps_per_epoch} optimizer step(s), too few for a curve; "
+                        f"use more text, or a smaller --block-size, --batch-size or --grad-accum")
+    note = f" (one epoch of data; asked for {args.find_lr_steps})" if steps < args.find_lr_steps else ""
+    trainer.print(f"range test: {steps} steps{note}, lr from {args.lr_min:g} to {args.lr_max:g}, effective batch "
+                  f"{trainer.micro_per_step * run.cfg.batch_size}, {run.cfg.precision}, on {run.device}")
+    bar = tqdm(total=steps, unit="step", dynamic_ncols=True,
+               disable=None if args.progress and run.dist.is_main else True)
+
+    def progress(k, lr, loss):
+        bar.update(1)
+        bar.set_postfix_str(f"lr {lr:.2g}, loss {loss:.4f}", refresh=False)
+
+    with bar:
+        result = range_test(trainer, args.lr_min, args.lr_max, steps, progress=progress)
+    # The weights in memory are now trained at absurd rates: they are dropped here,
+    # never saved. Only the curve is written.
+    if run.dist.is_main:
+        report(args.out, result)
+    return 0
+
+
+def report(out, result):
+    """Print the stop reason and the suggestions; write the curve into `out`."""
+    print(f"stopped after {len(result.lrs)} steps: {result.stop_reason}")
+    s = suggest(result.lrs, result.smoothed)
+    paths = write_results(out, result, s)
+    print(f"curve: {', '.join(paths)}" + ("" if len(paths) > 1 else " (no plot: matplotlib is not installed)"))
+    if s["minimum_10"] is None:
+        raise UserError(f"only {len(result.lrs)} point(s) before the loss diverged, too few for a suggestion; "
+                        f"lower --lr-max")
+    # Two significant digits: the test is not more precise than that.
+    shown = {k: format_lr(float(f"{v:.2g}")) for k, v in s.items() if v is not None}
+    if "steepest" in shown:
+        print(f"suggested learning rate: {shown['steepest']} (where the smoothed loss falls fastest)")
+    else:
+        print("the smoothed loss never fell over this range: lower --lr-min, or use more steps")
+    print(f"second opinion: {shown['minimum_10']} (the rate at the lowest smoothed loss, / 10)")
+    print(f"to compare: python train.py ... --lr {','.join(dict.fromkeys(shown.values()))} --out runs/")

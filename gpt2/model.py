@@ -8,10 +8,24 @@ t+1. It is a stack of identical blocks over a "residual stream" of width n_embd:
                              x = x + MLP(LayerNorm(x))
         -> final LayerNorm -> LM head (the token embedding matrix, reused) -> logits
 
-The LayerNorm comes *before* each sub-layer ("pre-LN"), so the residual stream itself
-is never normalised: gradients flow straight through the additions, which is what lets
-deep stacks train. Attention is causal: position t may only look at positions <= t,
-otherwise predicting t+1 would be cheating.
+Pre-LN, and why `ln_f` exists. The original Transformer normalised *after* each
+addition ("post-LN": x = LayerNorm(x + sublayer(x))), so every gradient on its way
+down passed through n_layer LayerNorms, and deep stacks needed a careful warm-up to
+train at all. GPT-2 moved the LayerNorm to the *input* of each sub-layer ("pre-LN"):
+each sub-layer still sees a normalised input, but the residual stream x itself is
+only ever added to, so the gradient flows straight down the chain of additions. The
+price: the stream is never normalised, and its scale grows with depth. Hence one last
+LayerNorm, `ln_f`, after the final block: the LM head then scores a normalised vector,
+whatever the depth.
+
+Attention is causal: position t may only look at positions <= t, otherwise
+predicting t+1 would be cheating (the mask is drawn in CausalSelfAttention).
+
+The loss (the shift by one position, T-1 predictions per block) is in loss.py, the
+next module to read. Two options change how much memory a training step takes, never
+what it computes: `checkpointing` (recompute each block's activations during backward
+instead of keeping them) and `loss_chunk` (the LM head and the loss a chunk of
+positions at a time, explained in loss.py). Skip them on a first reading.
 
 Module and parameter names follow Hugging Face's `GPT2LMHeadModel` (transformer.wte,
 transformer.h.0.attn.c_attn, ...), so loading the released weights is a matter of
@@ -26,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import GPT2Config
+from .loss import chunked_lm_loss, cross_entropy, next_token_targets
 
 
 class CausalSelfAttention(nn.Module):
@@ -44,19 +59,43 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         # Split the width into heads: each head attends on its own C/n_head slice.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        past = 0
         if kv_cache is not None:
             # Generation: keys/values of earlier tokens are kept, so each new token
             # costs one row of attention instead of recomputing the whole prefix.
-            k, v = kv_cache.update(k, v)  # (B, nh, T_past + T, hd)
-        # softmax(q k^T / sqrt(hd)) v with the causal mask, by PyTorch's fused kernel
-        # (flash / memory-efficient attention on CUDA: the T x T matrix is never stored).
-        # A single new token with a cache may see everything before it: no mask needed.
-        causal = k.shape[2] == T
+            past = len(kv_cache)
+            k, v = kv_cache.update(k, v)  # (B, nh, past + T, hd)
+        # softmax(q k^T / sqrt(hd)) v, by PyTorch's fused kernel (flash / memory-efficient
+        # attention on CUDA: the T x T matrix is never stored). The causal mask lets
+        # query t see keys 0..t only. For T = 4 (x: may look, .: masked to -inf):
+        #
+        #                keys:  a  b  c  d
+        #      query a          x  .  .  .
+        #      query b          x  x  .  .
+        #      query c          x  x  x  .
+        #      query d          x  x  x  x
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.attn_pdrop if self.training else 0.0
+            q, k, v, attn_mask=self._cache_mask(past, T, x.device), is_causal=past == 0,
+            dropout_p=self.attn_pdrop if self.training else 0.0,
         )  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    @staticmethod
+    def _cache_mask(past, T, device):
+        """With `past` tokens in the cache, query t (at position past + t) sees keys 0..past + t.
+
+        None without a cache (is_causal draws the mask above), or for a single new
+        token (it may see everything). Several new tokens after a cache, past = 2, T = 3:
+
+                      keys:  0  1  2  3  4
+            query 0 (pos 2)  x  x  x  .  .
+            query 1 (pos 3)  x  x  x  x  .
+            query 2 (pos 4)  x  x  x  x  x
+        """
+        if past == 0 or T == 1:
+            return None
+        return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)  # (T, past + T)
 
 
 class MLP(nn.Module):
@@ -103,9 +142,12 @@ class KVCache:
 
 
 class GPT2(nn.Module):
-    def __init__(self, cfg: GPT2Config):
+    def __init__(self, cfg: GPT2Config, checkpointing: bool = False, loss_chunk: int = 0):
         super().__init__()
         self.config = cfg
+        # Memory options (see the module docstring); the plain path ignores them.
+        self.checkpointing = checkpointing  # recompute each block's activations in backward
+        self.loss_chunk = loss_chunk        # > 0: the LM head + loss this many positions at a time
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),   # token id -> vector
             wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),  # position -> vector
@@ -115,12 +157,12 @@ class GPT2(nn.Module):
         ))
         # The output layer scores each vocabulary entry by its dot product with the
         # final hidden state. GPT-2 reuses the input embedding matrix for it ("tied"
-        # weights): one matrix, two uses, 38M fewer parameters in the 124M model.
+        # weights): a token's vector is both what the model reads for it and what it
+        # compares against to predict it, and the 124M model saves 38M parameters.
+        # It is one nn.Parameter with two uses: its gradient is the sum of both
+        # uses' gradients, and AdamW (which lists each parameter once) updates it once.
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
-        # Options for memory (see perf.py); the plain path below ignores them.
-        self.checkpointing = False  # recompute each block's activations in backward
-        self.loss_chunk = 0         # >0: compute head + loss this many positions at a time
         self.apply(self._init_weights)
         # GPT-2's init: projections that write into the residual stream are scaled
         # down by sqrt(2 * n_layer), so the stream's variance does not grow with depth.
@@ -152,26 +194,19 @@ class GPT2(nn.Module):
     def forward(self, input_ids, labels=None):
         """Logits (B, T, vocab) and, given labels, the mean next-token cross-entropy.
 
-        With `loss_chunk` set and labels given, the logits are never built: (None, loss).
-
-        labels are the input ids themselves: the shift happens here, so that the
-        logits at position t are scored against the token at t+1. Positions labelled
-        -100 are ignored (the convention of PyTorch and Hugging Face).
+        labels are the input ids themselves (or with -100 where nothing is scored):
+        loss.py shifts them, so that the logits at position t are scored against the
+        token at t+1. With `loss_chunk` set and labels given, the logits are never
+        built: (None, loss).
         """
-        x = self.hidden_states(input_ids)
-        if labels is not None and self.loss_chunk:
-            from .perf import chunked_lm_loss  # option: logits never all in memory
-            return None, chunked_lm_loss(x, self.lm_head.weight, labels, self.loss_chunk)
-        logits = self.lm_head(x)  # (B, T, vocab)
+        x = self.hidden_states(input_ids)  # (B, T, C)
         if labels is None:
-            return logits, None
-        # The loss is computed in fp32 even under autocast: log-softmax over 50257
-        # entries in fp16 loses precision.
-        loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),  # predictions at 0..T-2  (B*(T-1), vocab)
-            labels[:, 1:].flatten(),               # the tokens at 1..T-1   (B*(T-1),)
-        )
-        return logits, loss
+            return self.lm_head(x), None
+        targets = next_token_targets(labels)  # (B, T): labels[:, t+1], the last one ignored
+        if self.loss_chunk:  # option: the (B, T, vocab) logits never exist at once
+            return None, chunked_lm_loss(x, self.lm_head.weight, targets, self.loss_chunk)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        return logits, cross_entropy(logits, targets)
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):

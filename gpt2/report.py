@@ -1,11 +1,27 @@
-"""Printing metrics the way run_clm.py (the Hugging Face Trainer) prints them.
+"""Reporting a run the way run_clm.py (the Hugging Face Trainer) does.
 
 Users compare runs by eye against their notebooks, so the blocks look exactly like
 the Trainer's `log_metrics`: a `***** train metrics *****` header, keys sorted and
-aligned, floats rounded to 4 decimals, runtimes as h:mm:ss.xx.
+aligned, floats rounded to 4 decimals, runtimes as h:mm:ss.xx. The log lines during
+training are the Trainer's too: {'loss': 2.5111, 'grad_norm': 1.23, 'learning_rate':
+8.77e-05, 'epoch': 0.37}, where grad_norm is the norm of the step's whole gradient
+before clipping (trainer.py), the number that shows clipping at work.
+
+`Logger` sends each log entry where the ecosystem looks for it, as it happens:
+the terminal, OUT/log.jsonl (one JSON object per line, so a run killed in the middle
+keeps its curve up to its last log), and, with --report-to tensorboard, event files
+under OUT/runs/ that `tensorboard --logdir OUT/runs` plots, under the Trainer's
+names (train/loss, train/grad_norm, train/learning_rate, eval/loss, ...).
 """
 
 import datetime
+import json
+import os
+import socket
+import time
+
+from .errors import UserError
+from .files import atomic_path
 
 
 def format_runtime(seconds: float) -> str:
@@ -34,6 +50,64 @@ def metrics_block(split: str, metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def format_lr(lr: float) -> str:
+    """1e-3, 5e-5, 2.5e-4, 1e0: a learning rate as one writes it on the command line.
+
+    Always in scientific notation, with a mantissa free of trailing zeros, so that a
+    rate has one spelling (0.001 and 1e-3 are the same sweep directory). Twelve
+    significant digits hide the binary rounding of float (3e-4 is stored as 0.000299999...).
+    """
+    mantissa, exponent = f"{lr:.11e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def log_line(entry: dict) -> str:
     """{'loss': 2.5111, 'learning_rate': 8.77e-05, 'epoch': 0.37}, as the Trainer logs."""
     return str({k: (round(v, 4) if k in ("loss", "eval_loss", "grad_norm") else v) for k, v in entry.items()})
+
+
+def summary_writer_class():
+    """torch.utils.tensorboard's SummaryWriter; a one-line error if the optional tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # imported here: it needs the tensorboard package
+    except ImportError:
+        raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
+
+
+class Logger:
+    """Log entries to the terminal, and when given a run directory, to log.jsonl and TensorBoard."""
+
+    def __init__(self, print_fn=print, out_dir=None, tensorboard=False):
+        self.print = print_fn
+        self.jsonl = os.path.join(out_dir, "log.jsonl") if out_dir else None
+        self.tensorboard = None
+        if tensorboard and out_dir:
+            # The Trainer's layout: one subdirectory per session, named by time and host.
+            session = f"{time.strftime('%b%d_%H-%M-%S')}_{socket.gethostname()}"
+            self.tensorboard = summary_writer_class()(log_dir=os.path.join(out_dir, "runs", session))
+
+    def write(self, entry: dict):
+        """One entry, with its "step": printed, appended to log.jsonl, plotted."""
+        shown = {k: v for k, v in entry.items() if k != "step"}
+        self.print(log_line(shown))
+        if self.jsonl:
+            with open(self.jsonl, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")  # flushed on close: a kill after this keeps the line
+        if self.tensorboard:
+            for key, value in shown.items():
+                name = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                self.tensorboard.add_scalar(name, value, entry["step"])
+            self.tensorboard.flush()
+
+    def rewrite(self, history):
+        """log.jsonl holding exactly `history` (a resumed run: drop the lines logged after its state)."""
+        if self.jsonl:
+            with atomic_path(self.jsonl) as tmp:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(entry) + "\n" for entry in history)
+
+    def close(self):
+        if self.tensorboard:
+            self.tensorboard.close()

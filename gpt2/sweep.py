@@ -15,32 +15,58 @@ runs comparable and the sweep robust:
   A diverging rate is a result, not a reason to lose the others.
 * Every run directory is checked before the first run starts: a sweep that would
   stop at its third run because runs/lr-1e-3/ already holds a checkpoint should say
-  so at once, not after two runs. So are the inputs all runs share (train.py's
-  `check_inputs`): a missing training file is one error, not one failed run per rate.
+  so at once, not after two runs. So are the inputs all runs share
+  (`check_inputs`): a missing training file is one error, not one failed run per rate.
 
 The exit status is 0 when at least one run completed, 1 when all failed, and 130
 when Ctrl-C interrupted a run (the sweep stops there; that run can be resumed alone).
 """
 
+import argparse
 import json
 import math
 import os
 import sys
 
+from .compare import comparison_rows, format_table
+from .data import read_texts
 from .errors import UserError
 from .files import write_json
+from .hub import ALIASES, is_hub_id, resolve
+from .outdir import check
+from .report import format_lr
 
 
-def format_lr(lr: float) -> str:
-    """1e-3, 5e-5, 2.5e-4, 1e0: a learning rate as one writes it on the command line.
+def main(args, lrs, train_one) -> int:
+    """train.py --lr a,b,c: `train_one(args, lr)` once per rate, each in OUT/lr-<rate>/, then the table."""
+    if args.resume:
+        raise UserError("--resume with several --lr values: resume one run at a time, "
+                        "e.g. --lr 1e-4 --out runs/lr-1e-4 --resume")
+    plan = run_dirs(args.out, lrs)
+    for _, directory in plan:  # all of them before the first run starts
+        check(directory, overwrite=args.overwrite)
+    check_inputs(args)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes
+    # What the table shows for a run that failed before writing its own run_args.json.
+    described = {"model": args.model}
 
-    Always in scientific notation, with a mantissa free of trailing zeros, so that a
-    rate has one spelling (0.001 and 1e-3 are the same directory). Twelve significant
-    digits hide the binary rounding of float (3e-4 is stored as 0.000299999...).
+    def run(lr, directory):
+        return train_one(argparse.Namespace(**{**vars(args), "out": directory}), lr)
+
+    return sweep(plan, run, run_args=described, is_main=is_main)
+
+
+def check_inputs(args):
+    """The inputs every run shares, checked once before the first run.
+
+    A sweep marks a failed run and goes on with the next rate; a missing training file
+    or a wrong --model path would fail every run in turn, so they are one error here.
     """
-    mantissa, exponent = f"{lr:.11e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
+    for path in (args.train_file, args.validation_file):
+        if path is not None:
+            read_texts(path, keep_linebreaks=args.keep_linebreaks)  # missing, empty, not UTF-8, bad JSON/CSV
+    if args.model not in ALIASES and not is_hub_id(args.model):
+        resolve(args.model, args.weights_dir)  # a local path: no download, only its error
 
 
 def run_dirs(out: str, lrs) -> list[tuple[float, str]]:
@@ -84,8 +110,6 @@ def sweep(plan, run, run_args=None, is_main=True, print_fn=print) -> int:
     run failed. `run_args` (model, epochs, ...) describes a failed run in the table.
     Returns the sweep's exit status (see the module docstring).
     """
-    from .compare import comparison_rows, format_table
-
     done = []
     for i, (lr, directory) in enumerate(plan, start=1):
         if is_main:

@@ -2,6 +2,9 @@
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,59 @@ def save_hf(model, directory, with_tokenizer=True):
 def tiny_ckpt(tmp_path):
     """A directory with a tiny random GPT-2 saved by transformers, plus tokenizer files."""
     return save_hf(hf_model(**TINY), tmp_path / "tiny")
+
+
+# --- train.py in a subprocess, with one piece of the package patched ----------------
+
+PATCHED_TRAIN = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+{patch}
+sys.argv = [{train!r}] + sys.argv[1:]
+import runpy
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def patched_train(tmp_path, patch: str, name: str = "patched_train.py"):
+    """A script that runs train.py after `patch` (Python source) replaced a piece of the package.
+
+    The patch runs first, in the script's process, so that e.g. `checkpoint.save = ...`
+    is what train.py calls. Patches take their parameters from environment variables
+    (KILL_AT, CTRL_C_AT, ...), which torchrun also passes on to its workers.
+    """
+    script = Path(tmp_path) / name
+    script.write_text(PATCHED_TRAIN.format(root=str(ROOT), train=str(ROOT / "train.py"),
+                                           patch=textwrap.dedent(patch)))
+    return script
+
+
+def run_python(script, *args, env=None, timeout=300):
+    """Run a Python script (train.py, or a patched_train script) with 1 thread; the CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+# Kill the process (SIGKILL: no cleanup of any kind) right after resume.pt of step KILL_AT is written.
+KILL_AFTER_SAVE = """
+from gpt2 import checkpoint
+save = checkpoint.save
+def save_then_die(t):
+    save(t)
+    if t.step == int(os.environ.get("KILL_AT", -1)):
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.save = save_then_die
+"""
+
+# Ctrl-C (SIGINT to this process) during optimizer step CTRL_C_AT.
+CTRL_C_AT_STEP = """
+from gpt2.trainer import Trainer
+step = Trainer.optimizer_step
+def step_then_ctrl_c(self, *a, **k):
+    out = step(self, *a, **k)
+    if self.step == int(os.environ.get("CTRL_C_AT", -1)) - 1:
+        os.kill(os.getpid(), signal.SIGINT)
+    return out
+Trainer.optimizer_step = step_then_ctrl_c
+"""

@@ -27,21 +27,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import KILL_AFTER_SAVE, ROOT, patched_train
 
-# Run as the training script by torchrun: train.py with a few optional probes, set by
-# environment variables, so that the test can see inside the worker processes.
-PROBE = """
-import faulthandler, json, os, signal, sys
+# The probes patched into train.py when torchrun runs it (conftest.patched_train), so
+# that the test can see inside the worker processes; environment variables set them.
+PROBE = KILL_AFTER_SAVE + """
+import faulthandler, json
 faulthandler.dump_traceback_later(100, exit=True)  # a hang: print where, and end
-sys.path.insert(0, {root!r})
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from gpt2.errors import UserError
 from gpt2.trainer import Trainer
 
 rank = int(os.environ.get("RANK", 0))
-init, save, step = Trainer.__init__, Trainer.save_state, Trainer.optimizer_step
+init, step = Trainer.__init__, Trainer.optimizer_step
 
 def init_with_hook(self, *a, **k):
     # Count the gradient all-reduces, and after how many forward passes each happens.
@@ -52,38 +51,29 @@ def init_with_hook(self, *a, **k):
         calls.append(forwards[0])
         return default_hooks.allreduce_hook(state, bucket)
     self.step_model.register_comm_hook(None, hook)
-    self._probe = {{"forwards": forwards, "calls": calls, "step_ends": []}}
-
-def save_then_die(self):
-    save(self)
-    if self.step == int(os.environ.get("KILL_AT", -1)):
-        os.kill(os.getpid(), signal.SIGKILL)
+    self._probe = {"forwards": forwards, "calls": calls, "step_ends": []}
 
 def step_or_fail(self, *a):
     if rank == 1 and self.step == int(os.environ.get("FAIL_AT", -1)):
         raise UserError("rank 1 cannot go on")
     if rank == 1 and self.step == int(os.environ.get("CTRL_C_AT", -1)):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as torchrun passes it on, to rank 1 only
-    loss = step(self, *a)
+    out = step(self, *a)
     if hasattr(self, "_probe"):
         self._probe["step_ends"].append(self._probe["forwards"][0])
-    return loss
+    return out
 
 if os.environ.get("PROBE_OUT"):
     Trainer.__init__ = init_with_hook
     train = Trainer.train
     def train_and_report(self):
         m = train(self)
-        with open(os.path.join(os.environ["PROBE_OUT"], f"rank{{rank}}.json"), "w") as f:
-            json.dump({{"calls": self._probe["calls"], "step_ends": self._probe["step_ends"],
-                       "seed": torch.initial_seed()}}, f)
+        with open(os.path.join(os.environ["PROBE_OUT"], f"rank{rank}.json"), "w") as f:
+            json.dump({"calls": self._probe["calls"], "step_ends": self._probe["step_ends"],
+                       "seed": torch.initial_seed()}, f)
         return m
     Trainer.train = train_and_report
-Trainer.save_state = save_then_die
 Trainer.optimizer_step = step_or_fail
-sys.argv = ["train.py"] + sys.argv[1:]
-import runpy
-runpy.run_path({train!r}, run_name="__main__")
 """
 
 
@@ -168,8 +158,7 @@ def test_two_processes_train_like_one_with_accumulation(tiny_ckpt, data, tmp_pat
 
 
 def test_resume_under_torchrun_is_bit_exact_with_dropout(tiny_ckpt, data, tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    probe = patched_train(tmp_path, PROBE, "probe.py")
     args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 6, "--grad-accum", 3, "--dropout", 0.1,
             "--save-every", 2, "--log-every", 1]
     probe_env = {"PROBE_OUT": str(tmp_path)}  # torchrun passes the environment on to the workers
@@ -211,8 +200,7 @@ def test_ctrl_c_on_one_rank_between_two_logs(tiny_ckpt, data, tmp_path):
     """Ctrl-C reaching rank 1 alone while steps are not logged yet: rank 0 must not add
     up those losses in a collective that rank 1, saving its state, never joins (it ended
     in a crash, with no state saved). The resumed run matches an uninterrupted one."""
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    probe = patched_train(tmp_path, PROBE, "probe.py")
     args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 4, "--dropout", 0.1, "--log-every", 4]
     torchrun(probe, *args, "--out", tmp_path / "straight")
     out = tmp_path / "ctrl-c"
@@ -225,8 +213,7 @@ def test_ctrl_c_on_one_rank_between_two_logs(tiny_ckpt, data, tmp_path):
 
 
 def test_an_error_on_one_rank_ends_the_run(tiny_ckpt, data, tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    probe = patched_train(tmp_path, PROBE, "probe.py")
     t0 = time.time()
     p = torchrun(probe, *common(tiny_ckpt, data, tmp_path), "--max-steps", 6, "--out", tmp_path / "o",
                  env={"FAIL_AT": "2"}, check=False, timeout=60)

@@ -14,7 +14,9 @@ import torch
 
 from gpt2.config import GPT2Config
 from gpt2.model import GPT2
-from gpt2.perf import chunked_lm_loss, find_micro_batch, make_probe, split_batch
+from gpt2.batch import choose_batch, find_micro_batch, make_probe, split_batch
+from gpt2.distributed import Dist
+from gpt2.loss import chunked_lm_loss, next_token_targets
 
 SHAPE = dict(vocab_size=101, n_positions=32, n_embd=24, n_layer=2, n_head=3)
 
@@ -75,7 +77,7 @@ def test_chunked_loss_function_matches_cross_entropy_with_a_scaled_backward():
     (3.5 * want).backward()  # a scale on the loss (accumulation weight, GradScaler) reaches the gradients
     want_gh, want_gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
-    got = chunked_lm_loss(h, w, labels, chunk=5)
+    got = chunked_lm_loss(h, w, next_token_targets(labels), chunk=5)
     (3.5 * got).backward()
     assert abs(got.item() - want.item()) <= 1e-5
     assert torch.allclose(h.grad, want_gh, atol=1e-5) and torch.allclose(w.grad, want_gw, atol=1e-5)
@@ -171,31 +173,29 @@ def test_probe_runs_a_real_step_and_leaves_no_gradients():
     assert not model.training  # its mode is restored
 
 
-def choose(argv, device="cpu", capacity=None, world=1, monkeypatch=None):
-    """train.choose_batch on parsed flags; capacity simulates a GPU that holds that many sequences."""
-    import train
-    from gpt2 import perf
-    from gpt2.distributed import Dist
+def choose(argv, capacity=None, world=1):
+    """The (micro-batch, accumulation) train.py chooses for these flags; capacity simulates a GPU
+    that holds that many sequences (None: the CPU, nothing to probe)."""
+    from gpt2.cli import train_parser
 
-    args = train.build_parser().parse_args(argv)
-    if capacity is not None:
-        monkeypatch.setattr(perf, "make_probe", lambda *a, **k: fake_gpu(capacity)[0])
-        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: None)
-    train.choose_batch(args, tiny_model(), 16, "fp32", Dist(world_size=world), torch.device(device))
-    return args.batch_size, args.grad_accum
+    args = train_parser().parse_args(argv)
+    try_step = fake_gpu(capacity)[0] if capacity is not None else None
+    micro, accum, _ = choose_batch(args.batch_size, args.grad_accum, args.effective_batch, Dist(world_size=world),
+                                   try_step)
+    return micro, accum
 
 
-def test_batch_size_auto_on_a_gpu_keeps_the_effective_batch(monkeypatch):
+def test_batch_size_auto_on_a_gpu_keeps_the_effective_batch():
     # Room for 5: 24 = 4 x 6 (the largest micro-batch that fits and divides 24).
-    assert choose(["--batch-size", "auto", "--effective-batch", "24"], "cuda", 5, monkeypatch=monkeypatch) == (4, 6)
+    assert choose(["--batch-size", "auto", "--effective-batch", "24"], 5) == (4, 6)
     # Room for plenty: one forward pass per step.
-    assert choose(["--batch-size", "auto", "--effective-batch", "24"], "cuda", 99, monkeypatch=monkeypatch) == (24, 1)
+    assert choose(["--batch-size", "auto", "--effective-batch", "24"], 99) == (24, 1)
     # Without --effective-batch: what the command trains with micro-batch 2, 2 x --grad-accum.
-    assert choose(["--batch-size", "auto", "--grad-accum", "8"], "cuda", 7, monkeypatch=monkeypatch) == (4, 4)
+    assert choose(["--batch-size", "auto", "--grad-accum", "8"], 7) == (4, 4)
     from gpt2.errors import UserError
 
     with pytest.raises(UserError, match="not even one sequence"):
-        choose(["--batch-size", "auto"], "cuda", 0, monkeypatch=monkeypatch)
+        choose(["--batch-size", "auto"], 0)
 
 
 def test_batch_size_auto_on_the_cpu_uses_the_default_micro_batch():
@@ -216,9 +216,9 @@ def test_effective_batch_with_a_fixed_micro_batch_sets_the_accumulation():
 
 
 def test_batch_size_flag_accepts_auto_and_numbers_only():
-    import train
+    from gpt2.cli import train_parser
 
-    p = train.build_parser()
+    p = train_parser()
     assert p.parse_args(["--batch-size", "auto"]).batch_size == "auto"
     assert p.parse_args(["--per_device_train_batch_size", "4"]).batch_size == 4
     with pytest.raises(SystemExit):
@@ -261,6 +261,6 @@ def test_compile_trains_a_tiny_model():
             if compiled and "compiler" in str(e).lower():
                 pytest.skip(f"torch.compile does not work here: {str(e).splitlines()[0]}")
             raise
-        losses[compiled] = [e["loss"] for e in t.log_history if "loss" in e]
+        losses[compiled] = [e["loss"] for e in t.control.log_history if "loss" in e]
     assert len(losses[True]) == 2
     assert np.allclose(losses[True], losses[False], atol=1e-4)

@@ -1,0 +1,246 @@
+"""The output directory of a run (--out): who may write there, and what its files mean.
+
+A finished run leaves in --out:
+
+    model.safetensors, config.json   the fine-tuned model, Hugging Face's layout
+    vocab.json, merges.txt           its tokenizer, so the directory is a complete model
+    run_args.json                    what was asked, and what it resolved to
+    train_results.json               the train metrics block
+    eval_results.json                the eval metrics block
+    all_results.json                 both of them in one dict, as run_clm writes it
+    log_history.json                 every log line and evaluation
+    log.jsonl                        the same, one JSON line each, written as they happen
+    status.json                      what the rest of the directory is (see below)
+    resume.pt                        only while a run is interrupted (checkpoint.py)
+    best/                            with --save-best: the best evaluation's model
+
+Three rules keep such a directory trustworthy:
+
+1. One run at a time. `RunDir.claim` takes an exclusive lock (`fcntl.flock`) on
+   OUT/.lock for as long as the run lasts; a second run on the same --out is refused
+   in one line. The kernel drops the lock when its process dies, however it dies, so
+   a lock left by a killed run is simply taken over: there is no stale lock to
+   delete by hand.
+2. status.json says what the rest is: "running" from the first step, "saving" while
+   the final files are written, "failed" (with the reason) or "interrupted"; once
+   every final file is written it is removed (a finished run is what its results
+   say). A kill in the middle of the final save leaves "saving", so neither the table
+   of runs nor evaluate.py takes a half-saved directory for a finished run. With --overwrite, the old run's result files are
+   removed first: old results never sit beside new weights.
+3. A full or read-only disk is found before the training, not after it: `claim`
+   checks that OUT is writable and that its disk has room for the checkpoint and
+   resume.pt. Every file is written atomically (files.py), and the temporary files
+   of a save that was killed are removed when the next run claims the directory.
+"""
+
+import fcntl
+import os
+import re
+import shutil
+import socket
+import time
+
+from .errors import UserError
+from .files import atomic_path, is_temporary, read_json, write_json
+
+LOCK = ".lock"
+STATUS = "status.json"
+# Everything a run writes; --overwrite removes the old run's before the new run starts.
+RESULT_FILES = ("run_args.json", "train_results.json", "eval_results.json", "all_results.json",
+                "log_history.json", "log.jsonl", STATUS)
+STATE_FILES = ("resume.pt",)  # and resume-<step>.pt (--save-total-limit)
+RESULT_DIRS = ("best", "runs")
+
+
+def check(out, overwrite=False, state=None):
+    """The cheap checks, before any model is loaded: never lose a checkpoint.
+
+    state: the resumable state a run continues from (--resume: OUT/resume.pt), if any.
+    Continuing the run of OUT needs that state; any other run needs an empty OUT, or
+    --overwrite.
+    """
+    path = os.path.abspath(out)
+    while not os.path.exists(path):  # the nearest part of the path that exists
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "" if path == os.path.abspath(out) else f" {path}"
+        raise UserError(f"--out {out}:{where} exists and is not a directory")
+    if state is not None and not os.path.isfile(state):
+        raise UserError(f"--resume: {state} not found; nothing to resume in {os.path.dirname(state) or '.'}")
+    if continues(state, out):
+        return
+    if _used(out) and not overwrite:
+        raise UserError(f"--out {out}: directory is not empty; use --overwrite to replace its contents, "
+                        f"--resume to continue a run, or another --out")
+
+
+def state_file(path) -> str:
+    """--resume-from-checkpoint PATH: the state file itself, or the resume.pt of a directory."""
+    return os.path.join(path, "resume.pt") if os.path.isdir(path) else path
+
+
+def continues(state, out) -> bool:
+    """Does resuming from `state` continue the run of `out` (the state lies in it)?"""
+    if state is None or not os.path.isdir(out):
+        return False
+    return os.path.samefile(os.path.dirname(os.path.abspath(state)), out)
+
+
+def _used(out) -> bool:
+    """Does `out` hold anything but our lock file and the litter of killed saves?"""
+    if not os.path.isdir(out):
+        return False
+    return any(name != LOCK and not is_temporary(name) for name in os.listdir(out))
+
+
+class RunDir:
+    """--out of one run. Only the process that writes (rank 0) acts; the others' calls do nothing."""
+
+    def __init__(self, path, is_main=True):
+        self.path, self.is_main = path, is_main
+        self._lock = None
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    # --- the run's claim on the directory --------------------------------------------
+    def claim(self, overwrite=False, state=None, need_bytes=0, add=False):
+        """Lock the directory for this run, clean it, check the disk; status "running".
+
+        state: the resumable state the run continues from (see `check`). add: only add
+        result files beside what is there (--do_eval alone): nothing is removed.
+        """
+        if not self.is_main:
+            return self
+        if not add:
+            check(self.path, overwrite, state)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {self.path}: cannot create it ({e.strerror})") from None
+        self._lock = _take_lock(self.file(LOCK), self.path)  # also proves that OUT is writable
+        if add:
+            return self
+        check(self.path, overwrite, state)  # again, under the lock: another run may have just begun
+        self._clean(keep_results=continues(state, self.path))
+        _check_room(self.path, need_bytes)
+        self.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time())
+        return self
+
+    def release(self):
+        if self._lock is not None:
+            # Unlink first, then unlock: a run that opened the file just before it was
+            # unlinked finds it gone when it checks (see _take_lock), and retries.
+            if os.path.exists(self.file(LOCK)):
+                os.remove(self.file(LOCK))
+            self._lock.close()  # closing the descriptor drops the flock
+            self._lock = None
+
+    def _clean(self, keep_results):
+        """Remove the temporary files of killed saves; unless the run goes on, the old run's results."""
+        for directory in (self.path, self.file("best")):
+            if os.path.isdir(directory):
+                for name in os.listdir(directory):
+                    if is_temporary(name):
+                        os.remove(os.path.join(directory, name))
+        if keep_results:
+            return
+        for name in os.listdir(self.path):
+            if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt", name):
+                os.remove(self.file(name))
+        for name in RESULT_DIRS:
+            if os.path.isdir(self.file(name)):
+                shutil.rmtree(self.file(name))
+
+    # --- writing -------------------------------------------------------------------
+    def set_status(self, status, **extra):
+        if self.is_main:
+            write_json(self.file(STATUS), {"status": status, **extra})
+
+    def record_failure(self, status, message):
+        """status.json for a run that ends in an error; never raises (the error itself must be seen)."""
+        try:
+            self.set_status(status, reason=message.split("; ")[0] or status, message=message)
+        except OSError:
+            pass  # the disk that failed the run may refuse this file too
+
+    def write_json(self, name, obj):
+        if self.is_main:
+            write_json(self.file(name), obj)
+
+    def merge_results(self, split, metrics):
+        """<split>_results.json, and the same keys updated in all_results.json (as the Trainer's save_metrics)."""
+        if self.is_main:
+            self.write_json(f"{split}_results.json", metrics)
+            merged = read_json(self.file("all_results.json"), {})
+            self.write_json("all_results.json", {**(merged if isinstance(merged, dict) else {}), **metrics})
+
+    def remove(self, name):
+        if self.is_main and os.path.exists(self.file(name)):
+            os.remove(self.file(name))
+
+    def copy_files(self, paths, directory=None):
+        """Copy files (a tokenizer's) into OUT or a subdirectory of it, each atomically."""
+        if not self.is_main:
+            return
+        directory = directory or self.path
+        for src in paths:
+            with atomic_path(os.path.join(directory, os.path.basename(src))) as tmp:
+                shutil.copyfile(src, tmp)
+
+
+def _take_lock(path, out):
+    """An exclusive flock on `path`, held until the file object is closed."""
+    while True:
+        try:
+            f = open(path, "a+")
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot write there ({e.strerror})") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise UserError(f"--out {out}: another run is using this directory ({holder}); "
+                            f"wait for it to end, or use another --out") from None
+        # The run before us may have removed the file between our open and our lock:
+        # then we hold a lock on a file nobody else will see. Check, and start again.
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            f.flush()
+            return f
+        f.close()
+
+
+def _check_room(out, need_bytes):
+    free = shutil.disk_usage(out).free
+    if free < need_bytes:
+        raise UserError(f"--out {out}: {free / 2**20:,.0f} MB free on its disk, but the checkpoint and "
+                        f"resume.pt need about {need_bytes / 2**20:,.0f} MB; free some space or use another --out")
+
+
+def run_status(directory) -> dict:
+    """status.json of a run directory, with "running" corrected to "stopped" when no process holds the lock."""
+    status = read_json(os.path.join(directory, STATUS), {}) or {}
+    if status.get("status") in ("running", "saving") and not _locked(os.path.join(directory, LOCK)):
+        status = {**status, "status": "stopped",
+                  "reason": f"killed while {status['status']} (no process holds the lock)"}
+    return status
+
+
+def _locked(path) -> bool:
+    try:
+        with open(path) as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False

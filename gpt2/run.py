@@ -1,0 +1,175 @@
+"""Setting up a training run: from the command-line flags to what the loop needs.
+
+train.py reads parse -> set up -> train -> save. This module is the "set up": it
+reads the parsed flags (never writes them) and returns one `Run` that holds the
+model, the data, the TrainConfig, and every decision taken on the way, with the
+reason where there was a choice:
+
+    dist, device   distributed.setup: a single process, or one of torchrun's
+    precision      precision.resolve: what --precision auto means on this machine
+    model          weights.load_pretrained, the memory options given to its constructor;
+                   with --lora, adapters added and everything else frozen (lora.py)
+    tokenizer      the checkpoint's own files, else GPT-2's (tokenizer.py)
+    blocks         data.build_datasets: the text cut into blocks of block_size tokens
+    micro-batch    batch.choose_batch: --batch-size auto and --effective-batch
+    cfg            the TrainConfig: every number the loop needs
+
+Under torchrun, rank 0 downloads the model and tokenizes the text first while the
+other processes wait; then they find both on disk (two processes appending to the
+same download would corrupt it, and tokenizing N times is wasted time).
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import distributed
+from .batch import choose_batch, make_probe
+from .cli import BEST_METRICS
+from .data import build_datasets, default_cache_dir
+from .errors import UserError
+from .hub import ALIASES
+from .lora import add_lora, trainable_parameters
+from .model import GPT2
+from .precision import resolve_precision, use_tf32
+from .tokenizer import Tokenizer
+from .trainer import TrainConfig
+from .weights import load_pretrained
+
+
+# Rows of the LM head computed at once by default on the CPU (loss.py). Measured with
+# benchmarks/bench.py: see the README's performance section.
+DEFAULT_LOSS_CHUNK = 1024
+
+
+@dataclass
+class Run:
+    model: GPT2
+    model_dir: str           # where the pretrained files were found (or downloaded to)
+    tokenizer: Tokenizer
+    train_blocks: np.ndarray  # (N, block_size) token ids
+    val_blocks: np.ndarray | None
+    data_info: dict          # where the blocks came from (data.build_datasets)
+    cfg: TrainConfig
+    device: torch.device
+    dist: distributed.Dist
+    notes: list              # the decisions taken, one line each, printed in the run header
+
+
+def setup(args, lr) -> Run:
+    """The model, its data and the TrainConfig of one run at learning rate `lr`."""
+    dist, device = distributed.setup(args.device)
+    precision, why = resolve_precision(args.precision, device)
+    use_tf32(device)
+    loss_chunk, chunk_why = pick_loss_chunk(args.loss_chunk, device)
+    if not dist.is_main:
+        dist.barrier()  # rank 0 downloads and tokenizes first (see the module docstring)
+    model, model_dir = load_pretrained(args.model, dropout=args.dropout, weights_dir=args.weights_dir,
+                                       checkpointing=args.checkpointing, loss_chunk=loss_chunk)
+    tokenizer = Tokenizer.for_checkpoint(model_dir, model.config.vocab_size)
+    train_blocks, val_blocks, info = load_data(args, tokenizer, model.config.n_positions)
+    if dist.is_main:
+        dist.barrier()  # the files are ready: let the others go
+        print(info["summary"])
+    if args.lora:
+        add_lora(model, args.lora, args.lora_alpha, args.lora_dropout, args.lora_targets)
+    micro, accum, batch_note = choose_micro_batch(args, model, train_blocks.shape[1], precision, dist, device)
+    cfg = train_config(args, lr, precision, micro, accum)
+    if dist.is_main and cfg.eval_strategy != "no" and val_blocks is None:
+        print("warning: evaluations during training asked for, but there is no validation data "
+              "(--validation-split 0 and no --validation-file): none will run", file=sys.stderr)
+    trainable, total = trainable_parameters(model)
+    notes = [f"precision {precision}: {why}", f"loss: {chunk_why}",
+             f"parameters: {trainable:,} trainable of {total:,}" + (f" (LoRA rank {args.lora})" if args.lora else "")]
+    notes += [batch_note] if batch_note else []
+    return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
+
+
+def load_data(args, tokenizer, n_positions):
+    """(training blocks, validation blocks or None, info): the text cut into blocks, capped as asked."""
+    block_size = pick_block_size(args.block_size, n_positions)
+    train, val, info = build_datasets(args.train_file, args.validation_file, args.validation_split, block_size,
+                                      tokenizer, args.cache_dir or default_cache_dir(),
+                                      keep_linebreaks=args.keep_linebreaks)
+    if args.max_train_samples:  # run_clm's caps: the first N blocks
+        train = train[:args.max_train_samples]
+    if val is not None and args.max_eval_samples:
+        val = val[:args.max_eval_samples]
+    if args.do_train and not args.do_eval:
+        val = None  # run_clm's --do_train alone: no evaluation at all
+    return train, val, {**info, "train_blocks": len(train), "validation_blocks": 0 if val is None else len(val)}
+
+
+def pick_loss_chunk(asked, device):
+    """(rows per chunk of the LM head + loss, why); see loss.py for what the chunks save."""
+    if asked is not None:
+        return asked, f"--loss-chunk {asked}" if asked else "--loss-chunk 0: the plain cross-entropy"
+    if device.type == "cpu":
+        return DEFAULT_LOSS_CHUNK, f"the LM head and loss {DEFAULT_LOSS_CHUNK} positions at a time (faster " \
+                                   f"and smaller on the CPU; --loss-chunk 0 turns it off)"
+    return 0, "the plain cross-entropy (on a GPU the chunked loss saves memory but is slower: --loss-chunk 1024)"
+
+
+def pick_block_size(asked, n_positions) -> int:
+    block_size = asked or min(1024, n_positions)
+    if block_size > n_positions:
+        raise UserError(f"--block-size {block_size} is above the model's context of {n_positions} positions")
+    return block_size
+
+
+def choose_micro_batch(args, model, block_size, precision, dist, device):
+    """(micro-batch, accumulation, a note or None) for --batch-size, --grad-accum, --effective-batch."""
+    try_step = None
+    if args.batch_size == "auto" and device.type == "cuda":
+        # While probing, set aside what training adds later: AdamW's two fp32 moments
+        # per parameter, and under torchrun DDP's gradient buckets (one more copy).
+        n_bytes = sum(p.numel() for p in model.parameters() if p.requires_grad) * 4
+        try_step = make_probe(model, block_size, device, precision, n_bytes * (2 + dist.enabled))
+    log = (lambda msg: print(f"--batch-size auto: {msg}")) if dist.is_main else None
+    micro, accum, note = choose_batch(args.batch_size, args.grad_accum, args.effective_batch, dist, try_step, log)
+    if try_step is not None:
+        torch.cuda.reset_peak_memory_stats(device)  # the reported peak is training's, not the probes'
+    return micro, accum, note
+
+
+def train_config(args, lr, precision, batch_size, grad_accum) -> TrainConfig:
+    """The TrainConfig for these flags; run_clm's strategies resolved to step counts."""
+    return TrainConfig(
+        lr=lr, epochs=args.epochs, max_steps=max(0, args.max_steps), batch_size=batch_size,
+        grad_accum=grad_accum, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
+        warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm,
+        seed=args.seed, log_every=args.log_every, log_first_step=args.log_first_step,
+        eval_strategy=eval_strategy(args), eval_every=args.eval_every or args.log_every,
+        eval_batch_size=args.eval_batch_size, save_strategy=save_strategy(args),
+        save_every=args.save_every if args.save_every > 0 else 500, save_total_limit=args.save_total_limit,
+        save_best=args.save_best, best_metric=BEST_METRICS[args.best_metric], patience=args.patience,
+        precision=precision, compile=args.compile, progress=args.progress,
+    )
+
+
+def eval_strategy(args) -> str:
+    """no, steps or epoch: evaluations during training (the final one is not one of them)."""
+    if args.do_train and not args.do_eval:
+        return "no"
+    return args.eval_strategy or ("steps" if args.eval_every else "no")
+
+
+def save_strategy(args) -> str:
+    """no, steps or epoch: resumable states during training (Ctrl-C saves one anyway)."""
+    return args.save_strategy or ("steps" if args.save_every > 0 else "no")
+
+
+def describe(args, run: Run, total_steps: int) -> dict:
+    """run_args.json: the flags, and what they resolved to, for evaluate.py and the table of runs."""
+    # Absolute paths, so that evaluate.py finds the data from any directory.
+    paths = {k: os.path.abspath(getattr(args, k)) for k in ("train_file", "validation_file") if getattr(args, k)}
+    local = os.path.isdir(args.model) and args.model not in ALIASES
+    cfg = run.cfg
+    return {**vars(args), **paths, "lr": cfg.lr, "model": os.path.abspath(args.model) if local else args.model,
+            "block_size": run.train_blocks.shape[1], "precision": cfg.precision,
+            "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": run.dist.world_size,
+            "effective_batch": cfg.batch_size * cfg.grad_accum * run.dist.world_size,
+            "total_steps": total_steps, "data": {k: v for k, v in run.data_info.items() if k != "summary"}}
