@@ -97,35 +97,50 @@ def run_args_of(directory) -> dict:
 def validation_blocks(args, name, directory, run_args, block_size, tokenizer):
     """(blocks (N, block_size), where they come from): see `python evaluate.py --help`."""
     cache_dir = args.cache_dir or default_cache_dir()
-    recorded = os.path.join(directory, "run_args.json")
-
-    def existing(path, what):
-        if not os.path.isfile(path):
-            raise UserError(f"{recorded} names the {what} {path}, which is not found from here; "
-                            f"pass --validation-file")
-        return path
-
+    keep_linebreaks = run_args.get("keep_linebreaks", True)
     if args.validation_file:
         path = args.validation_file
     elif not run_args:
         raise UserError(f"{name}: no run_args.json records which text it was trained on; pass --validation-file")
     elif run_args.get("validation_file"):
-        path = existing(run_args["validation_file"], "validation file")
+        path = _recorded(directory, run_args["validation_file"], "validation file")
     else:
-        percent = run_args.get("validation_split") or 0
-        if percent <= 0:
-            raise UserError(f"{name}: its run held out no validation data (validation_split 0); "
-                            f"pass --validation-file")
-        train_file = run_args.get("train_file")
-        if train_file:
-            existing(train_file, "training file")
-        if run_args.get("block_size") and run_args["block_size"] != block_size:
-            print(f"warning: blocks of {block_size} tokens, not the run's {run_args['block_size']}: the held-out "
-                  f"blocks are not exactly those of training, and may overlap the training text", file=sys.stderr)
-        # The same function and arguments as train.py: the same split, the same blocks.
-        _, val, info = build_datasets(train_file, None, percent, block_size, tokenizer, cache_dir)
-        return val, info["validation_source"]
-    return make_blocks(load_token_ids(path, tokenizer, cache_dir), block_size, path), path
+        return held_out_blocks(name, directory, run_args, block_size, tokenizer, cache_dir)
+    blocks = make_blocks(load_token_ids(path, tokenizer, cache_dir, keep_linebreaks=keep_linebreaks), block_size, path)
+    if not args.validation_file and run_args.get("max_eval_samples"):
+        blocks = blocks[:run_args["max_eval_samples"]]  # what training evaluated
+    return blocks, path
+
+
+def held_out_blocks(name, directory, run_args, block_size, tokenizer, cache_dir):
+    """The last validation_split percent of the run's training blocks, as train.py held them out."""
+    percent = run_args.get("validation_split") or 0
+    if percent <= 0:
+        raise UserError(f"{name}: its run held out no validation data (validation_split 0); pass --validation-file")
+    train_file = run_args.get("train_file")
+    if train_file:
+        _recorded(directory, train_file, "training file")
+    if run_args.get("block_size") and run_args["block_size"] != block_size:
+        print(f"warning: blocks of {block_size} tokens, not the run's {run_args['block_size']}: the held-out "
+              f"blocks are not exactly those of training, and may overlap the training text", file=sys.stderr)
+    # The same function and arguments as train.py: the same split, the same blocks.
+    _, val, info = build_datasets(train_file, None, percent, block_size, tokenizer, cache_dir,
+                                  keep_linebreaks=run_args.get("keep_linebreaks", True))
+    recorded = (run_args.get("data") or {}).get("train_sha256")
+    if recorded and recorded != info["train_sha256"]:
+        raise UserError(f"{info['train_source']} changed since {name} was trained on it: its last {percent}% "
+                        f"are not the blocks held out then (and may be text it trained on); pass --validation-file")
+    if run_args.get("max_eval_samples"):
+        val = val[:run_args["max_eval_samples"]]
+    return val, info["validation_source"]
+
+
+def _recorded(directory, path, what):
+    """A file named in the run's run_args.json, which must still be there."""
+    if not os.path.isfile(path):
+        raise UserError(f"{os.path.join(directory, 'run_args.json')} names the {what} {path}, which is not found "
+                        f"from here; pass --validation-file")
+    return path
 
 
 def measure(args, name, model, directory, tokenizer, device, precision):

@@ -138,9 +138,7 @@ def build(side, args, device):
     if side == "ours":
         from gpt2.model import GPT2
 
-        model = GPT2(cfg).to(device)
-        model.loss_chunk = args.opts["chunk"]
-        model.checkpointing = args.opts["checkpointing"]
+        model = GPT2(cfg, checkpointing=args.opts["checkpointing"], loss_chunk=args.opts["chunk"]).to(device)
         step_model = torch.compile(model) if args.opts["compile"] else model
 
         def loss_fn(x):
@@ -199,7 +197,7 @@ def run_worker(side, args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision, _ = resolve_precision(args.precision, device)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
@@ -225,7 +223,7 @@ def run_worker(side, args):
     B = args.batch_size
     if side == "ours" and args.ours_batch_size:
         if args.ours_batch_size == "auto":
-            from gpt2.perf import find_micro_batch, make_probe
+            from gpt2.batch import find_micro_batch, make_probe
 
             if not cuda:
                 raise SystemExit("--ours-batch-size auto needs a CUDA device")

@@ -101,7 +101,7 @@ def make_probe(model, block_size: int, device, precision: str, reserve_bytes: in
         try:
             x = torch.randint(0, vocab, (batch_size, block_size), device=device)  # (b, T)
             with autocast(device, precision):
-                _, loss = model(x, labels=x)
+                loss = model(x, labels=x)[1]  # (the logits not kept alive by a name: as training)
             loss.backward()
         finally:
             model.zero_grad(set_to_none=True)

@@ -179,7 +179,7 @@ def loss_curves(directory) -> tuple[list, list]:
 def plot_curves(dirs, path) -> None:
     """One PNG: the training loss of every run against the epoch, eval_loss dashed."""
     try:
-        import matplotlib
+        import matplotlib  # an optional extra, imported only to draw
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")  # draw into a file; no window, no display needed

@@ -499,7 +499,7 @@ def demo_text() -> tuple[str, str]:
     line, it is real English prose mixed with code, and always at hand.
     """
     try:
-        from pydoc_data.topics import topics
+        from pydoc_data.topics import topics  # a large module: imported only when the demo is used
     except ImportError:
         raise UserError("no training file given, and this Python lacks pydoc_data "
                         "(the demo corpus); give a training file") from None

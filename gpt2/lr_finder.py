@@ -30,9 +30,11 @@ Two details make the curve readable:
 
 Two suggestions are read off the smoothed curve (`suggest`):
 
-* steepest: where the loss falls fastest per power of ten of the rate, i.e. the most
-  negative slope of smoothed loss against log(lr). There, a step in the right
-  direction gains most, and the rate is still a factor of several below divergence.
+* steepest: where the loss falls fastest as the rate grows, i.e. the most negative
+  slope of the smoothed loss against log(lr). (The code uses the natural log; per
+  power of ten every slope is the same number times ln 10, so the steepest point does
+  not depend on the base.) There, a step in the right direction gains most, and the
+  rate is still a factor of several below divergence.
 * minimum / 10: the rate at the lowest smoothed loss, divided by 10. The lowest point
   itself is already at the edge (the loss is about to rise), so back off tenfold.
 
@@ -115,18 +117,20 @@ def suggest(lrs, smoothed):
     lrs, smoothed = np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float)
     if len(lrs) < 3:
         return {"steepest": None, "minimum_10": None}
-    i_min = int(np.argmin(smoothed))
-    start = min(len(lrs) // 10, i_min)
-    w = max(1, len(lrs) // 20)
+    i_min = int(np.argmin(smoothed))         # the lowest point of the curve
+    start = min(len(lrs) // 10, i_min)       # skip the first 10% (but never past the minimum)
+    w = max(1, len(lrs) // 20)               # each slope spans w points
     result = {"steepest": None, "minimum_10": float(lrs[i_min] / 10)}
     if i_min - start >= 1:
         w = min(w, i_min - start)
+        # The stretch searched: points start .. i_min (n points). slopes[j] is the slope
+        # from point start+j to point start+j+w, so j runs over 0 .. n-w-1.
         x, y = np.log(lrs[start:i_min + 1]), smoothed[start:i_min + 1]
-        # Slope over w steps, per unit of log(lr): the fall per power of e of the rate.
-        slopes = (y[w:] - y[:-w]) / (x[w:] - x[:-w])
+        slopes = (y[w:] - y[:-w]) / (x[w:] - x[:-w])  # change of loss per unit of ln(lr)
         j = int(np.argmin(slopes))
         if slopes[j] < 0:  # the loss does fall somewhere; else there is no good answer
-            result["steepest"] = float(lrs[start + j + w // 2])  # the middle of that stretch
+            # The rate in the middle of that stretch: point start + j + w/2.
+            result["steepest"] = float(lrs[start + j + w // 2])
     return result
 
 
@@ -192,7 +196,7 @@ def write_csv(path, result: RangeTest):
 def plot(path, result: RangeTest, suggestions) -> bool:
     """Draw the curve into a PNG; False (and nothing written) when matplotlib is missing."""
     try:
-        import matplotlib
+        import matplotlib  # an optional extra, imported only to draw
     except ImportError:
         return False
     matplotlib.use("Agg")  # draw into a file; no window, no display needed

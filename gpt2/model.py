@@ -22,10 +22,19 @@ Attention is causal: position t may only look at positions <= t, otherwise
 predicting t+1 would be cheating (the mask is drawn in CausalSelfAttention).
 
 The loss (the shift by one position, T-1 predictions per block) is in loss.py, the
-next module to read. Two options change how much memory a training step takes, never
-what it computes: `checkpointing` (recompute each block's activations during backward
-instead of keeping them) and `loss_chunk` (the LM head and the loss a chunk of
-positions at a time, explained in loss.py). Skip them on a first reading.
+next module to read. Three options change how much memory a training step takes,
+never what it computes; skip them on a first reading:
+
+* `checkpointing`: keep only each block's input, and recompute the block's inside
+  during backward (a second forward pass through every block, ~30% more time).
+* `attention_recompute`: the same for attention's T x T part only. With attention
+  dropout on the CPU, PyTorch has no fused kernel and keeps three (B, n_head, T, T)
+  tensors per block for backward (the softmax, the dropout mask, the dropped
+  probabilities: 288 MB per block for 2 x 1024 tokens, 3.4 GB for GPT-2's twelve);
+  recomputed, they exist one block at a time. The same random dropout mask is drawn
+  again (checkpoint restores the random state). On CUDA the fused kernels keep no
+  T x T tensor in the first place.
+* `loss_chunk`: the LM head and the loss a chunk of positions at a time (loss.py).
 
 Module and parameter names follow Hugging Face's `GPT2LMHeadModel` (transformer.wte,
 transformer.h.0.attn.c_attn, ...), so loading the released weights is a matter of
@@ -53,6 +62,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.attn_pdrop = cfg.attn_pdrop
         self.resid_dropout = nn.Dropout(cfg.resid_pdrop)
+        self.recompute = False  # GPT2's attention_recompute option
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.shape
@@ -74,10 +84,12 @@ class CausalSelfAttention(nn.Module):
         #      query b          x  x  .  .
         #      query c          x  x  x  .
         #      query d          x  x  x  x
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=self._cache_mask(past, T, x.device), is_causal=past == 0,
-            dropout_p=self.attn_pdrop if self.training else 0.0,
-        )  # (B, nh, T, hd)
+        attention = dict(attn_mask=self._cache_mask(past, T, x.device), is_causal=past == 0,
+                         dropout_p=self.attn_pdrop if self.training else 0.0)
+        if self.recompute and self.training and torch.is_grad_enabled():  # memory option: see the top
+            y = checkpoint(F.scaled_dot_product_attention, q, k, v, use_reentrant=False, **attention)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, **attention)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -142,7 +154,8 @@ class KVCache:
 
 
 class GPT2(nn.Module):
-    def __init__(self, cfg: GPT2Config, checkpointing: bool = False, loss_chunk: int = 0):
+    def __init__(self, cfg: GPT2Config, checkpointing: bool = False, loss_chunk: int = 0,
+                 attention_recompute: bool = False):
         super().__init__()
         self.config = cfg
         # Memory options (see the module docstring); the plain path ignores them.
@@ -163,6 +176,8 @@ class GPT2(nn.Module):
         # uses' gradients, and AdamW (which lists each parameter once) updates it once.
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
+        for block in self.transformer.h:
+            block.attn.recompute = attention_recompute
         self.apply(self._init_weights)
         # GPT-2's init: projections that write into the residual stream are scaled
         # down by sqrt(2 * n_layer), so the stream's variance does not grow with depth.

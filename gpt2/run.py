@@ -75,6 +75,7 @@ def setup(args, lr) -> Run:
         dist.barrier()  # the files are ready: let the others go
         print(info["summary"])
     if args.lora:
+        torch.manual_seed(args.seed)  # the adapters' random init (A) is part of the run: the seed decides it
         add_lora(model, args.lora, args.lora_alpha, args.lora_dropout, args.lora_targets)
     micro, accum, batch_note = choose_micro_batch(args, model, train_blocks.shape[1], precision, dist, device)
     cfg = train_config(args, lr, precision, micro, accum)

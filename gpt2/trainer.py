@@ -1,4 +1,4 @@
-"""The fine-tuning loop: AdamW, mixed precision, accumulation, linear decay, checkpoints.
+"""The fine-tuning loop: AdamW, mixed precision, accumulation, clipping, the schedule.
 
 One optimizer step, the heart of it all, is `Trainer.optimizer_step`:
 
@@ -8,20 +8,38 @@ One optimizer step, the heart of it all, is `Trainer.optimizer_step`:
     scaler.unscale_(optimizer)                   # back to true gradient values
     clip_grad_norm_(params, max_grad_norm)       # tame rare huge gradients
     scaler.step(optimizer); scaler.update()      # AdamW step, unless fp16 overflowed
-    scheduler.step()                             # linear learning-rate decay
+    scheduler.step()                             # the learning-rate schedule
     optimizer.zero_grad()
 
 Why accumulate: a GPU that holds only 2 sequences of 1024 tokens can still train with
 a batch of 16 by running 8 micro-batches and adding their gradients before one step.
-Each micro-batch's loss is weighted by its share of the step's tokens, so the summed
-gradient is exactly the gradient of the mean loss over all tokens of the step: the
-same update as one big batch.
+Each micro-batch's loss (a mean over its own tokens) is weighted by its share of the
+step's predicted tokens, so the summed gradient is exactly the gradient of the mean
+loss over all tokens of the step: the same update as one big batch. A worked example:
+7 blocks, micro-batch 2, accumulation 4 make one step of micro-batches of 2, 2, 2 and
+1 blocks, weighted 2/7, 2/7, 2/7 and 1/7 (every block predicts the same T-1 tokens),
+not 1/4 each: the lone last block must not count double.
 
-Why AdamW: Adam keeps, per parameter, running averages of the gradient and of its
-square, and steps by their ratio, so every parameter moves at a similar pace whatever
-its gradient's scale. "W" is decoupled weight decay: the decay shrinks the weights
-directly instead of being mixed into the gradient (and only 2-D weight matrices decay,
-never biases or LayerNorm gains).
+Why clip, and why after `unscale_`: `clip_grad_norm_` treats all the gradients of the
+model as one long vector g and computes its L2 norm, |g| = sqrt(sum of every g_i^2)
+over every parameter (logged as grad_norm). If |g| > max_grad_norm (1.0), every
+gradient is multiplied by max_grad_norm / |g|: the direction stays, the step's size
+is capped, and one freak batch cannot throw the weights far. Under fp16 the gradients
+in .grad are still multiplied by the scaler's factor S (65,536 or so) until
+`unscale_` divides them back: clipped before that, their norm would be S times too
+large and every step would be clipped to nothing. So: unscale, then clip.
+
+Why AdamW: Adam keeps, per parameter, running averages of the gradient (m) and of its
+square (v), and steps by m / sqrt(v), so every parameter moves at a similar pace
+whatever its gradient's scale. "W" is decoupled weight decay (Loshchilov & Hutter):
+each step also shrinks the weights directly, w -= lr x weight_decay x w, instead of
+adding weight_decay x w to the gradient. Mixed into the gradient, the decay would be
+divided by sqrt(v) like everything else, so weights with large gradients would hardly
+decay at all. Which parameters decay (`param_groups`): the matrices (and the
+embeddings) only. A LayerNorm gain's natural value is 1 and pulling it towards 0
+would shrink the signal it scales; a bias shifts rather than scales, and there are
+too few of them to overfit with. (As the Hugging Face Trainer: no decay on biases and
+LayerNorm weights.) The tied token embedding / LM head is one parameter: decayed once.
 
 The learning-rate schedule (`--lr_scheduler_type`, as the Trainer's). With W warm-up
 steps out of N, at step s the rate is lr x factor(s):
@@ -37,9 +55,16 @@ Large steps early move the pretrained model towards the new text, small steps la
 let it settle; a decaying schedule ends on small steps, a constant one does not. The
 warm-up protects the pretrained weights from the first updates of a fresh optimizer,
 whose moment estimates rest on a handful of gradients. --warmup_ratio R means
-W = ceil(R x N). The rate logged with each step is the one that step used; a step
-the fp16 scaler skips does not advance the schedule (so after k skipped steps the
-schedule still stands k steps above its end when the run stops).
+W = ceil(R x N). The rate logged with each step is the one that step used.
+
+fp16's skipped steps: when the scaled gradients overflow, the scaler skips the AdamW
+step (precision.py). The schedule waits too (no step was taken), but the skipped step
+still counts among the N steps of the run: after k skipped steps the run ends with
+the schedule k steps short of its end, the last rate slightly above 0.
+
+Several processes (torchrun): `world_size`, `no_sync` and the `rank::world` slices
+below split each step's micro-batches between the processes; skip them on a first
+reading, distributed.py explains them. With one process they change nothing.
 
 What happens between two steps (logging, the NaN check, evaluation, checkpoints,
 Ctrl-C) is run control, in control.py; the resumable state is checkpoint.py.
@@ -53,6 +78,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .control import Interrupt, RunControl
@@ -93,7 +119,10 @@ class TrainConfig:
 
 
 def param_groups(model, weight_decay):
-    """Decay 2-D weight matrices (and embeddings); never biases or LayerNorm gains."""
+    """Decay 2-D weight matrices (and embeddings); never biases or LayerNorm gains (see the module docstring).
+
+    Frozen parameters (LoRA) are left out: AdamW keeps no moments for them.
+    """
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -143,9 +172,7 @@ class Trainer:
 
         # Model as the steps see it: maybe compiled, maybe wrapped for several processes.
         self.step_model = torch.compile(model) if cfg.compile else model
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
+        if dist.enabled:  # distributed.py: gradients averaged over the processes in backward
             self.step_model = DDP(self.step_model, device_ids=[device] if device.type == "cuda" else None)
 
         # Micro-batches are chunks of batch_size blocks of the epoch's permutation; an
@@ -207,17 +234,22 @@ class Trainer:
         for i, idx in enumerate(micro_batches):
             x = to_batch(self.train_blocks, idx if idx is not None else [0], self.device)  # (b, T)
             share = x.numel() - x.shape[0] if idx is not None else 0  # predicted tokens: T-1 per block
-            weight = share / step_tokens
-            # DDP averages gradients over processes; multiply back so that the sum over
-            # all micro-batches of all processes is the mean over the step's tokens.
-            sync = i == len(micro_batches) - 1  # all-reduce gradients once per step, at the end
+            weight = share / step_tokens  # 2/7, 2/7, 2/7, 1/7 in the module docstring's example
+            # (torchrun, distributed.py: DDP averages gradients over the processes; multiply
+            # back by world_size so that the sum over all micro-batches of all processes is
+            # the mean over the step's tokens. And all-reduce once per step, at its end.)
+            sync = i == len(micro_batches) - 1
             with (model.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()):
                 with autocast(self.device, cfg.precision):
-                    _, loss = model(x, labels=x)  # mean cross-entropy of this micro-batch
+                    # The mean cross-entropy of this micro-batch. (Not `_, loss = ...`: a
+                    # name holding the (b, T, vocab) logits would keep them alive through
+                    # backward, hundreds of MB that autograd itself does not need.)
+                    loss = model(x, labels=x)[1]
                 self.scaler.scale(loss * weight * self.dist.world_size).backward()
             step_loss += loss.detach() * weight  # stays on the device: no sync here
 
         self.scaler.unscale_(self.optimizer)  # grads / scale: now the true gradients
+        # The L2 norm of all gradients as one vector, before clipping (logged as grad_norm).
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.lr_used = self.scheduler.get_last_lr()[0]  # logged: the rate this step used

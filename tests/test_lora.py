@@ -276,3 +276,80 @@ def test_bad_adapter_directories(tmp_path):
     assert "use_rslora" in load_into()
     os.remove(config_path)
     assert "adapter_config.json" in load_into() and "no such file" in load_into()
+
+
+# --- through train.py: save, evaluate, resume, the range test, the sweep --------------
+
+def write_lines(path, n_lines=200, seed=0):
+    rng = np.random.default_rng(seed)
+    words = "the model reads text and learns which token comes next in every line".split()
+    path.write_text("".join(" ".join(rng.choice(words, size=12)) + "\n" for _ in range(n_lines)))
+    return str(path)
+
+
+@pytest.fixture
+def lora_run(tmp_path):
+    """(common train.py flags for a rank-4 LoRA run of a tiny model, the tmp dir)."""
+    base = save_hf(hf_model(**TINY), tmp_path / "base")
+    text = write_lines(tmp_path / "train.txt")
+    return ["--model", base, "--train-file", text, "--block-size", "32", "--lora", "4", "--lora-alpha", "8",
+            "--lr", "1e-2", "--dropout", "0.1", "--no-progress", "--cache-dir", str(tmp_path / "cache")], tmp_path
+
+
+def test_train_py_with_lora_saves_a_merged_model_and_the_adapter(lora_run, capsys):
+    import evaluate as _  # noqa: F401  (evaluate.py must import cleanly next to train.py)
+    import train
+
+    common, tmp_path = lora_run
+    out = tmp_path / "out"
+    assert train.main(common + ["--max-steps", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "parameters: 4,096 trainable of " in printed  # 2 blocks x 4 (128 + 64 + 160 + 160): rank x (in + out)
+    for f in ("model.safetensors", "config.json", "vocab.json", "merges.txt", "adapter_model.safetensors",
+              "adapter_config.json", "eval_results.json"):
+        assert (out / f).is_file(), f
+    # The merged checkpoint is a plain GPT-2 whose eval_loss is the adapted model's.
+    merged = load_checkpoint(str(out)).eval()
+    adapter = read_adapter_config(str(out))
+    again = add_lora(load_checkpoint(common[1]), adapter.rank, adapter.alpha, 0.0, adapter.targets)
+    load_adapter(again, str(out))
+    blocks = np.random.default_rng(1).integers(0, 50257, size=(4, 32))
+    want = json.loads((out / "eval_results.json").read_text())
+    a = evaluate(merged, blocks, 4, torch.device("cpu"), "fp32")["eval_loss"]
+    b = evaluate(again.eval(), blocks, 4, torch.device("cpu"), "fp32")["eval_loss"]
+    assert abs(a - b) <= 1e-5 and want["eval_loss"] > 0
+
+
+def test_lora_resume_after_kill_is_bit_exact(lora_run):
+    from conftest import KILL_AFTER_SAVE, patched_train, run_python
+
+    common, tmp_path = lora_run
+    args = common + ["--max-steps", "6", "--save-every", "2", "--grad-accum", "2"]
+    assert run_python("train.py", *args, "--out", tmp_path / "straight").returncode == 0
+    p = run_python(patched_train(tmp_path, KILL_AFTER_SAVE), *args, "--out", tmp_path / "killed", env={"KILL_AT": "4"})
+    assert p.returncode != 0 and (tmp_path / "killed" / "resume.pt").is_file()
+    p = run_python("train.py", *args, "--out", tmp_path / "killed", "--resume")
+    assert p.returncode == 0, p.stderr
+    for f in ("model.safetensors", "adapter_model.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / f)), load_file(str(tmp_path / "killed" / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    # Resuming with another rank is another run: refused in one line.
+    p = run_python("train.py", *[x if x != "4" else "8" for x in args], "--out", tmp_path / "straight2")
+    killed = run_python(patched_train(tmp_path, KILL_AFTER_SAVE), *args, "--out", tmp_path / "k2", env={"KILL_AT": "2"})
+    assert killed.returncode != 0
+    other = list(args)
+    other[other.index("--lora") + 1] = "8"
+    p = run_python("train.py", *other, "--out", tmp_path / "k2", "--resume")
+    assert p.returncode == 2 and "LoRA" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_lora_with_the_range_test_and_a_sweep(lora_run, capsys):
+    import train
+
+    common, tmp_path = lora_run
+    assert train.main(common + ["--find-lr", "--find-lr-steps", "8", "--out", str(tmp_path / "find")]) == 0
+    assert (tmp_path / "find" / "lr_find.csv").is_file()
+    assert train.main(common[:common.index("--lr")] + common[common.index("--lr") + 2:] +
+                      ["--lr", "1e-2,1e-3", "--max-steps", "2", "--out", str(tmp_path / "runs")]) == 0
+    for d in ("lr-1e-2", "lr-1e-3"):
+        assert (tmp_path / "runs" / d / "adapter_model.safetensors").is_file()

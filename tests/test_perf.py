@@ -21,9 +21,9 @@ from gpt2.loss import chunked_lm_loss, next_token_targets
 SHAPE = dict(vocab_size=101, n_positions=32, n_embd=24, n_layer=2, n_head=3)
 
 
-def tiny_model(dropout=0.0, seed=0):
+def tiny_model(dropout=0.0, seed=0, **options):
     torch.manual_seed(seed)
-    return GPT2(GPT2Config(**SHAPE).with_dropout(dropout)).train()
+    return GPT2(GPT2Config(**SHAPE).with_dropout(dropout), **options).train()
 
 
 def ids_and_labels(B=3, T=29, seed=1):
@@ -122,6 +122,15 @@ def test_checkpointing_matches_plain_path(dropout):
     assert_same(plain, loss_and_grads(model, ids, labels))
     model.loss_chunk = 7  # both options together
     assert_same(plain, loss_and_grads(model, ids, labels))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_attention_recompute_matches_plain_path(dropout):
+    """Attention's T x T part recomputed in backward: the same loss and gradients, bit for bit
+    (the recomputation draws the same dropout mask)."""
+    ids, labels = ids_and_labels()
+    plain = loss_and_grads(tiny_model(dropout), ids, labels)
+    assert_same(plain, loss_and_grads(tiny_model(dropout, attention_recompute=True), ids, labels), tol=0.0)
 
 
 # --- --batch-size auto -----------------------------------------------------------------
