@@ -118,14 +118,17 @@ class RunControl:
         self.window_steps += 1
         if cfg.precision != "fp16":  # fp16 overflows are the scaler's business (trainer.py)
             self.non_finite |= ~torch.isfinite(loss)
-        at_log = t.step % cfg.log_every == 0 or t.step == t.total_steps or (cfg.log_first_step and t.step == 1)
+        at_log = t.step % cfg.log_every == 0 or (cfg.log_first_step and t.step == 1)
         if at_log or t.step % 10 == 0:
             self.check_finite(t)
         if at_log:
             self.log(t, {"loss": self.flush_window(), "grad_norm": grad_norm.item(),
                          "learning_rate": t.lr_used, "epoch": t.epoch})
         reason = None
-        if self.due(cfg.eval_strategy, cfg.eval_every, t) and t.val_blocks is not None:
+        # As the Trainer (transformers 5): evaluating by steps also evaluates the last step,
+        # so that the final weights are a candidate for the best model.
+        last = cfg.eval_strategy in ("steps", None) and cfg.eval_every > 0 and t.step == t.total_steps
+        if (self.due(cfg.eval_strategy, cfg.eval_every, t) or last) and t.val_blocks is not None:
             reason = self.evaluate(t)
         if self.due(cfg.save_strategy, cfg.save_every, t):
             self.check_finite(t)

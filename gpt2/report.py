@@ -82,11 +82,12 @@ class Logger:
     def __init__(self, print_fn=print, out_dir=None, tensorboard=False):
         self.print = print_fn
         self.jsonl = os.path.join(out_dir, "log.jsonl") if out_dir else None
-        self.tensorboard = None
+        self.tensorboard = None  # the writer, opened at the first entry: until then OUT stays untouched
+        self.tensorboard_dir = None
         if tensorboard and out_dir:
             # The Trainer's layout: one subdirectory per session, named by time and host.
             session = f"{time.strftime('%b%d_%H-%M-%S')}_{socket.gethostname()}"
-            self.tensorboard = summary_writer_class()(log_dir=os.path.join(out_dir, "runs", session))
+            self.tensorboard_dir = os.path.join(out_dir, "runs", session)
 
     def write(self, entry: dict):
         """One entry, with its "step": printed, appended to log.jsonl, plotted."""
@@ -95,6 +96,8 @@ class Logger:
         if self.jsonl:
             with open(self.jsonl, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")  # flushed on close: a kill after this keeps the line
+        if self.tensorboard_dir and self.tensorboard is None:
+            self.tensorboard = summary_writer_class()(log_dir=self.tensorboard_dir)
         if self.tensorboard:
             for key, value in shown.items():
                 name = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
