@@ -11,6 +11,7 @@ training, so re-measuring a checkpoint on the same text gives what training prin
 `main` reads what was asked, then does it: one function per kind of request.
 """
 
+import hashlib
 import os
 import sys
 from types import SimpleNamespace
@@ -83,10 +84,15 @@ def check_model_arg(name: str) -> None:
         if is_hub_id(name) and not os.path.exists(os.path.expanduser(name)):
             return  # a hub id: found in weights/ or downloaded when loaded
         resolve(name)  # a file, or neither a directory nor a name: raises resolve's one-line error
-    elif not os.path.isfile(os.path.join(os.path.expanduser(name), "model.safetensors")):
-        status = run_status(name)
-        why = f" (status.json: {status.get('status')}: {status.get('reason')})" if status.get("status") else ""
-        raise UserError(f"{name}: no model.safetensors in this directory, so no model to load{why}")
+    else:
+        status = run_status(os.path.expanduser(name))
+        state = status.get("status")
+        why = f" (status.json: {state}: {status.get('reason')})" if state else ""
+        if not os.path.isfile(os.path.join(os.path.expanduser(name), "model.safetensors")):
+            raise UserError(f"{name}: no model.safetensors in this directory, so no model to load{why}")
+        if state in ("running", "saving", "stopped", "failed"):
+            # Its files may not belong together: new weights beside an old run's, or the reverse.
+            raise UserError(f"{name}: its run is not finished{why}; its model.safetensors may not be the run's")
 
 
 def run_args_of(directory) -> dict:
@@ -104,6 +110,7 @@ def validation_blocks(args, name, directory, run_args, block_size, tokenizer):
         raise UserError(f"{name}: no run_args.json records which text it was trained on; pass --validation-file")
     elif run_args.get("validation_file"):
         path = _recorded(directory, run_args["validation_file"], "validation file")
+        _unchanged(path, (run_args.get("data") or {}).get("validation_sha256"), name)
     else:
         return held_out_blocks(name, directory, run_args, block_size, tokenizer, cache_dir)
     blocks = make_blocks(load_token_ids(path, tokenizer, cache_dir, keep_linebreaks=keep_linebreaks), block_size, path)
@@ -133,6 +140,16 @@ def held_out_blocks(name, directory, run_args, block_size, tokenizer, cache_dir)
     if run_args.get("max_eval_samples"):
         val = val[:run_args["max_eval_samples"]]
     return val, info["validation_source"]
+
+
+def _unchanged(path, recorded_sha256, name):
+    """The recorded validation file must still be the text the run was measured on."""
+    if recorded_sha256:
+        with open(path, "rb") as f:
+            now = hashlib.sha256(f.read()).hexdigest()
+        if now != recorded_sha256:
+            raise UserError(f"{path} changed since {name} was evaluated on it; to measure the model on it as it "
+                            f"is now, pass --validation-file {path}")
 
 
 def _recorded(directory, path, what):

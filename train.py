@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from gpt2 import checkpoint, hub, lr_finder, outdir, sweep  # PLAN-TODO
+from gpt2 import checkpoint, hub, lr_finder, outdir, plan, sweep
 from gpt2.cli import train_parser
 from gpt2.control import Interrupt
 from gpt2.errors import UserError, run_cli
@@ -32,7 +32,7 @@ def main(argv=None):
     args = train_parser().parse_args(argv)
     lrs = check_flags(args)
     if args.plan:
-        raise UserError("--plan: not yet")  # PLAN-TODO
+        return plan.main(args)
     if args.find_lr:
         return lr_finder.main(args)
     if args.do_eval and not args.do_train:

@@ -43,7 +43,7 @@ from dataclasses import asdict
 import torch
 
 from .errors import NonFiniteLoss, UserError
-from .files import atomic_path
+from .files import atomic_path, library_write
 
 # The TrainConfig numbers a resumed run must share with the interrupted one.
 MUST_MATCH = ("lr", "epochs", "max_steps", "batch_size", "seed", "weight_decay", "lr_scheduler", "warmup_steps",
@@ -132,7 +132,7 @@ def save(t):
         path = os.path.join(t.out, "resume.pt")
         if t.cfg.save_total_limit > 1 and t.control.saved_step is not None and os.path.exists(path):
             _keep_previous(path, t.control.saved_step, t.cfg.save_total_limit)
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, library_write(path):
             torch.save(state_dict(t, [rng for rng, _ in parts], [w for _, w in parts]), tmp)
     t.control.saved_step = t.step
     t.dist.barrier()
@@ -202,9 +202,33 @@ def _check_parts(s, path, t):
     if not (0 <= s["skipped"] <= s["step"] <= t.total_steps and 0 <= s["window_steps"] <= s["step"]):
         raise UserError(f"{path}: not a usable training state (step {s['step']}, skipped {s['skipped']}, "
                         f"window {s['window_steps']}, for a run of {t.total_steps} steps)")
+    for key, kinds in (("model_config", dict), ("data", (dict, type(None))), ("lora", (dict, type(None))),
+                       ("best", (list, tuple, type(None))), ("data_shape", (list, type(None)))):
+        if not isinstance(s.get(key), kinds):
+            raise UserError(f"{path}: not a usable training state ({key!r} has the wrong type)")
     for name, tensor in s["model"].items():
         if not isinstance(tensor, torch.Tensor) or (tensor.is_floating_point() and not torch.isfinite(tensor).all()):
             raise UserError(f"{path}: tensor {name} is not a finite tensor; this state cannot be resumed")
+    _check_optimizer(s["optimizer"], t.optimizer, path)
+
+
+def _check_optimizer(saved, optimizer, path):
+    """AdamW's moments must have their parameters' shapes: fused AdamW does not check (it crashes)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups, state = saved.get("param_groups"), saved.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict) or \
+            not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise UserError(f"{path}: not a usable training state (the optimizer's state is malformed)")
+    ids = [i for group in groups for i in group["params"]]
+    if len(ids) != len(params):
+        raise UserError(f"{path}: the optimizer state holds {len(ids)} parameters, this run has {len(params)}")
+    for i, p in zip(ids, params):
+        moments = state.get(i, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            m = moments.get(key) if isinstance(moments, dict) else None
+            if m is not None and (not isinstance(m, torch.Tensor) or m.shape != p.shape):
+                raise UserError(f"{path}: the optimizer's {key} of parameter {i} does not have its shape "
+                                f"{tuple(p.shape)}; this state cannot be resumed")
 
 
 def load(t, path):

@@ -216,8 +216,10 @@ class RunControl:
             better = score < self.best[0]
         if better:
             self.best, self.bad_evals = (score, t.step), 0
-            if self.cfg.save_best and self.dist.is_main:
-                t.save_model(os.path.join(t.out, "best"))
+            if self.cfg.save_best:
+                checkpoint.check_finite_weights(t)  # a weight the evaluation never reads may still be inf
+                if self.dist.is_main:
+                    t.save_model(os.path.join(t.out, "best"))
             return None
         self.bad_evals += 1
         if self.cfg.patience and self.bad_evals >= self.cfg.patience:

@@ -21,9 +21,12 @@ only, so another user would be told the file does not exist).
 """
 
 import contextlib
+import errno
 import json
 import os
 import re
+
+from safetensors import SafetensorError
 
 from .errors import UserError
 
@@ -54,6 +57,26 @@ def atomic_path(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def library_write(path: str):
+    """Around torch.save or safetensors' save_file: their failures to write are OSErrors too.
+
+    A full disk (or a file size limit) reaches Python as OSError from open() and write(),
+    but libraries that write in C++ or Rust report it in their own exception types, with
+    messages that need not say so (torch: RuntimeError "unexpected pos 704 vs 598",
+    safetensors: SafetensorError "I/O error: File too large"). These calls only
+    serialize tensors and write them, so their RuntimeError is a failure to write: as an
+    OSError naming the file it ends the run in one line (errors.py).
+    """
+    try:
+        yield
+    except OSError:
+        raise
+    except (RuntimeError, SafetensorError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise OSError(errno.EIO, f"cannot write it ({message[:200]})", path) from None
 
 
 def write_json(path: str, obj) -> None:

@@ -413,8 +413,9 @@ def _receive(response, url: str, part: str, start: int, total, cap: int, filenam
     got = start
     window_start, window_got = time.monotonic(), got  # for the stall check
     try:
-        with open(part, "ab") as f, tqdm(total=total, initial=start, unit="B",
-                                         unit_scale=True, desc=filename) as bar:
+        # disable=None: no bar when stderr is not a terminal (a log file, CI, a test).
+        with open(part, "ab") as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
+                                         desc=filename, disable=None) as bar:
             while chunk := _read_some(response):
                 got += len(chunk)
                 if got > most:  # a stream without end (or longer than it said)

@@ -121,10 +121,14 @@ class RunDir:
         self._lock = _take_lock(self.file(LOCK), self.path)  # also proves that OUT is writable
         if add:
             return self
-        check(self.path, overwrite, state)  # again, under the lock: another run may have just begun
-        self._clean(keep_results=continues(state, self.path))
-        _check_room(self.path, need_bytes)
-        self.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time())
+        try:
+            check(self.path, overwrite, state)  # again, under the lock: another run may have just begun
+            _check_room(self.path, need_bytes)  # before anything is removed: a refusal loses nothing
+            self._clean(keep_results=continues(state, self.path))
+            self.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time())
+        except BaseException:
+            self.release()
+            raise
         return self
 
     def release(self):

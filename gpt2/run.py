@@ -43,6 +43,9 @@ from .weights import load_pretrained
 # Rows of the LM head computed at once by default on the CPU (loss.py). Measured with
 # benchmarks/bench.py: see the README's performance section.
 DEFAULT_LOSS_CHUNK = 1024
+# Whether attention's T x T part is recomputed by default on the CPU (model.py); measured
+# with benchmarks/bench.py, see the README's performance section.
+DEFAULT_CPU_ATTENTION_RECOMPUTE = True
 
 
 @dataclass
@@ -65,10 +68,12 @@ def setup(args, lr) -> Run:
     precision, why = resolve_precision(args.precision, device)
     use_tf32(device)
     loss_chunk, chunk_why = pick_loss_chunk(args.loss_chunk, device)
+    recompute, recompute_why = pick_attention_recompute(args.attention_recompute, device, args.checkpointing)
     if not dist.is_main:
         dist.barrier()  # rank 0 downloads and tokenizes first (see the module docstring)
     model, model_dir = load_pretrained(args.model, dropout=args.dropout, weights_dir=args.weights_dir,
-                                       checkpointing=args.checkpointing, loss_chunk=loss_chunk)
+                                       checkpointing=args.checkpointing, loss_chunk=loss_chunk,
+                                       attention_recompute=recompute)
     tokenizer = Tokenizer.for_checkpoint(model_dir, model.config.vocab_size)
     train_blocks, val_blocks, info = load_data(args, tokenizer, model.config.n_positions)
     if dist.is_main:
@@ -83,7 +88,7 @@ def setup(args, lr) -> Run:
         print("warning: evaluations during training asked for, but there is no validation data "
               "(--validation-split 0 and no --validation-file): none will run", file=sys.stderr)
     trainable, total = trainable_parameters(model)
-    notes = [f"precision {precision}: {why}", f"loss: {chunk_why}",
+    notes = [f"precision {precision}: {why}", f"loss: {chunk_why}", f"attention: {recompute_why}",
              f"parameters: {trainable:,} trainable of {total:,}" + (f" (LoRA rank {args.lora})" if args.lora else "")]
     notes += [batch_note] if batch_note else []
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
@@ -102,6 +107,23 @@ def load_data(args, tokenizer, n_positions):
     if args.do_train and not args.do_eval:
         val = None  # run_clm's --do_train alone: no evaluation at all
     return train, val, {**info, "train_blocks": len(train), "validation_blocks": 0 if val is None else len(val)}
+
+
+def pick_attention_recompute(asked, device, checkpointing):
+    """(recompute attention's T x T part in backward?, why); see model.py.
+
+    Only the CPU keeps those tensors (with attention dropout it has no fused kernel),
+    and --checkpointing recomputes whole blocks anyway. The recomputation is exact
+    (the same dropout masks), and applies only where attention dropout is on.
+    """
+    if asked is not None:
+        return asked, f"--attention-recompute {'on' if asked else 'off'}"
+    if checkpointing:
+        return False, "whole blocks recomputed (--checkpointing)"
+    if device.type == "cpu" and DEFAULT_CPU_ATTENTION_RECOMPUTE:
+        return True, ("T x T part recomputed in backward (with attention dropout the CPU keeps three T x T "
+                      "tensors per block; --attention-recompute false keeps them)")
+    return False, "the T x T part kept for backward" if device.type == "cpu" else "fused kernel (no T x T kept)"
 
 
 def pick_loss_chunk(asked, device):

@@ -28,7 +28,11 @@ one look: NaN or infinity in a weight (the mark of a diverged run) would load
 without complaint and train to a NaN loss, so it is refused too.
 
 Files are written as `transformers` writes them, so `GPT2LMHeadModel.from_pretrained`
-opens a checkpoint fine-tuned here.
+opens a checkpoint fine-tuned here. The tied LM head is not written: safetensors
+refuses two names for one piece of memory (its loader maps each name to its own
+bytes, and a shared tensor saved twice would come back as two independent copies,
+quietly untied), so only `transformer.wte.weight` is stored, and transformers (like
+`load_checkpoint` here) ties the head to it again when loading.
 """
 
 import os
@@ -39,7 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import GPT2Config
 from .errors import UserError
-from .files import atomic_path
+from .files import atomic_path, library_write
 from .hub import resolve
 from .model import GPT2
 
@@ -176,7 +180,7 @@ def hf_to_ours(tensors: dict, path: str) -> dict:
             if t.dim() != 2:
                 raise UserError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected a matrix")
             t = t.t()
-        out["transformer." + name] = t.contiguous()
+        out["transformer." + name] = t  # a view: copy_ reads it transposed, no temporary copy
     head = tensors.get("lm_head.weight")
     wte = out.get("transformer.wte.weight")
     if head is not None and wte is not None and not (head.shape == wte.shape and torch.equal(head, wte)):
@@ -243,6 +247,7 @@ def save_checkpoint(model: GPT2, directory: str) -> None:
     """Write model.safetensors + config.json, each atomically (see files.py)."""
     os.makedirs(directory, exist_ok=True)
     raw = model._orig_mod if hasattr(model, "_orig_mod") else model  # unwrap torch.compile
-    with atomic_path(os.path.join(directory, "model.safetensors")) as tmp:
+    path = os.path.join(directory, "model.safetensors")
+    with atomic_path(path) as tmp, library_write(path):
         save_file(to_hf(raw), tmp, metadata={"format": "pt"})
     raw.config.to_json(os.path.join(directory, "config.json"))
