@@ -209,7 +209,6 @@ def _check_parts(s, path, t):
     for name, tensor in s["model"].items():
         if not isinstance(tensor, torch.Tensor) or (tensor.is_floating_point() and not torch.isfinite(tensor).all()):
             raise UserError(f"{path}: tensor {name} is not a finite tensor; this state cannot be resumed")
-    _check_optimizer(s["optimizer"], t.optimizer, path)
 
 
 def _check_optimizer(saved, optimizer, path):
@@ -241,6 +240,7 @@ def load(t, path):
     diff = _differences(t, s)
     if diff:
         raise UserError(f"--resume: this command differs from the interrupted run: {', '.join(diff)}")
+    _check_optimizer(s["optimizer"], t.optimizer, path)  # the same run: now its moments must fit
     try:
         _apply(t, s)
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
