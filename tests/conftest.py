@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,6 +40,31 @@ def save_hf(model, directory, with_tokenizer=True):
         for f in ("vocab.json", "merges.txt"):
             shutil.copy(TOKENIZER_DIR / f, os.path.join(directory, f))
     return str(directory)
+
+
+def write_text(path, n_lines=300, seed=0):
+    """Short lines of a 14-word vocabulary, with a blank line every 7th (~2,000 tokens for 300 lines)."""
+    rng = np.random.default_rng(seed)
+    words = "the model reads text and learns which token comes next in every line".split()
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n_lines):
+            f.write(" ".join(rng.choice(words, size=rng.integers(0, 12))) + ("\n" if i % 7 else "\n\n"))
+    return str(path)
+
+
+def deny_open(monkeypatch, path):
+    """open(path) raises PermissionError, as for another user's file (the tests may run as root,
+    whom file permissions do not stop)."""
+    import builtins
+
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if os.fspath(file) == os.fspath(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
 
 
 @pytest.fixture

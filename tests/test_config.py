@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, hf_model, save_hf
+from conftest import ROOT, TINY, deny_open, hf_model, save_hf
 from gpt2.config import MAX_SIZE, PRESETS, GPT2Config
 from gpt2.errors import UserError
 from gpt2.model import GPT2
@@ -182,18 +182,8 @@ def test_config_json_is_a_directory(ckpt, no_model):
 
 
 def test_config_json_permission_denied(ckpt, no_model, monkeypatch):
-    """(Simulated: the tests may run as root, whom file permissions do not stop.)"""
-    import builtins
-
-    real_open = builtins.open
     path = os.path.join(ckpt, "config.json")
-
-    def guarded(file, *args, **kwargs):
-        if os.fspath(file) == path:
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", guarded)
+    deny_open(monkeypatch, path)  # simulated: the tests may run as root
     assert "permission denied" in refused(ckpt)
 
 

@@ -46,7 +46,7 @@ from safetensors.torch import load_file, save_file
 
 import evaluate as evaluate_cli
 import train as train_cli
-from conftest import CTRL_C_AT_STEP, ROOT, TINY, hf_model, patched_train, run_python, save_hf
+from conftest import CTRL_C_AT_STEP, ROOT, TINY, hf_model, patched_train, run_python, save_hf, write_text
 from gpt2.compare import comparison_rows
 from gpt2.errors import run_cli
 from gpt2.model import GPT2
@@ -56,16 +56,6 @@ from gpt2.weights import load_checkpoint
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-def write_text(path, n_lines=300, seed=0):
-    """The same kind of text as tests/test_train.py: 300 short lines, ~2,000 tokens."""
-    rng = np.random.default_rng(seed)
-    words = "the model reads text and learns which token comes next in every line".split()
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(n_lines):
-            f.write(" ".join(rng.choice(words, size=rng.integers(0, 12))) + ("\n" if i % 7 else "\n\n"))
-    return str(path)
-
 
 def reverse_lines(path):
     """The same lines in the opposite order: the same number of tokens, other blocks."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, hf_model, save_hf
+from conftest import TINY, hf_model, save_hf, write_text
 from gpt2.config import GPT2Config
 from gpt2.errors import UserError
 from gpt2.evaluation import evaluate
@@ -280,18 +280,11 @@ def test_bad_adapter_directories(tmp_path):
 
 # --- through train.py: save, evaluate, resume, the range test, the sweep --------------
 
-def write_lines(path, n_lines=200, seed=0):
-    rng = np.random.default_rng(seed)
-    words = "the model reads text and learns which token comes next in every line".split()
-    path.write_text("".join(" ".join(rng.choice(words, size=12)) + "\n" for _ in range(n_lines)))
-    return str(path)
-
-
 @pytest.fixture
 def lora_run(tmp_path):
     """(common train.py flags for a rank-4 LoRA run of a tiny model, the tmp dir)."""
     base = save_hf(hf_model(**TINY), tmp_path / "base")
-    text = write_lines(tmp_path / "train.txt")
+    text = write_text(tmp_path / "train.txt", 200)
     return ["--model", base, "--train-file", text, "--block-size", "32", "--lora", "4", "--lora-alpha", "8",
             "--lr", "1e-2", "--dropout", "0.1", "--no-progress", "--cache-dir", str(tmp_path / "cache")], tmp_path
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, hf_model, save_hf
+from conftest import TINY, deny_open, hf_model, save_hf
 from gpt2.errors import UserError
 from gpt2.model import GPT2
 from gpt2.config import GPT2Config
@@ -296,18 +296,8 @@ def test_weights_file_is_a_directory(tiny_ckpt, no_model):
 
 
 def test_weights_permission_denied(tiny_ckpt, no_model, monkeypatch):
-    """(Simulated: the tests may run as root, whom file permissions do not stop.)"""
-    import builtins
-
-    real_open = builtins.open
     path = os.path.join(tiny_ckpt, "model.safetensors")
-
-    def guarded(file, *args, **kwargs):
-        if os.fspath(file) == path:
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", guarded)
+    deny_open(monkeypatch, path)  # simulated: the tests may run as root
     with pytest.raises(UserError) as e:
         load_checkpoint(tiny_ckpt)
     assert "model.safetensors" in one_line(e) and "permission denied" in one_line(e)

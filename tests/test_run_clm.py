@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 import evaluate as evaluate_cli
 import train
-from conftest import KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf
+from conftest import KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf, write_text
 from gpt2 import checkpoint
 from gpt2.cli import REFUSED, SCHEDULES, train_parser
 from gpt2.data import build_datasets, make_blocks, read_texts, tokenize_texts
@@ -41,22 +41,12 @@ NOTEBOOK = Path("/work/shared/seed/000_751c71f7b1f4a230.txt")
 
 # --- shared material: one tiny checkpoint, two small texts, one token cache ------------
 
-def write_lines(path, n_lines, seed):
-    """A text of short lines from a 14-word vocabulary, with blank lines (as test_train.write_text)."""
-    rng = np.random.default_rng(seed)
-    words = "the model reads text and learns which token comes next in every line".split()
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(n_lines):
-            f.write(" ".join(rng.choice(words, size=rng.integers(0, 12))) + ("\n" if i % 7 else "\n\n"))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """ckpt: a tiny random GPT-2 (dropout 0) saved by transformers; train/val: texts; cache: token cache."""
     d = tmp_path_factory.mktemp("run_clm")
-    return dict(ckpt=save_hf(hf_model(**TINY), d / "tiny"), train=write_lines(d / "train.txt", 300, seed=0),
-                val=write_lines(d / "val.txt", 40, seed=1), cache=str(d / "cache"))
+    return dict(ckpt=save_hf(hf_model(**TINY), d / "tiny"), train=write_text(d / "train.txt", 300, seed=0),
+                val=write_text(d / "val.txt", 40, seed=1), cache=str(d / "cache"))
 
 
 def args_for(files, out, *extra, val=True):

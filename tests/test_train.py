@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CTRL_C_AT_STEP, KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf
+from conftest import (CTRL_C_AT_STEP, KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf,
+                      write_text)
 from gpt2 import checkpoint
 from gpt2 import trainer as trainer_module
 from gpt2.errors import NonFiniteLoss
@@ -124,15 +125,6 @@ def test_short_last_micro_batch_is_weighted_by_tokens(tiny_ckpt):
 
 
 # --- the CLI, end to end --------------------------------------------------------
-
-def write_text(path, n_lines=300, seed=0):
-    rng = np.random.default_rng(seed)
-    words = "the model reads text and learns which token comes next in every line".split()
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(n_lines):
-            f.write(" ".join(rng.choice(words, size=rng.integers(0, 12))) + ("\n" if i % 7 else "\n\n"))
-    return str(path)
-
 
 def run_train(*args, check=True, env=None):
     p = run_python(ROOT / "train.py", "--no-progress", *args, env=env)

@@ -1,0 +1,311 @@
+"""The memory plan (gpt2/plan.py) against what PyTorch really allocates and keeps, on the CPU."""
+
+import json
+import os
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+
+from gpt2 import plan
+from gpt2.config import PRESETS, GPT2Config
+from gpt2.errors import UserError, run_cli
+from gpt2.lora import add_lora
+from gpt2.model import GPT2
+from gpt2.precision import autocast
+from gpt2.trainer import param_groups
+from conftest import TINY, hf_model, save_hf
+
+# Two shapes with a small vocabulary (the LM head is not what these tests look at), micro-batch 2.
+SMALL = (GPT2Config(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=2), 64)
+MEDIUM = (GPT2Config(vocab_size=3000, n_positions=256, n_embd=128, n_layer=4, n_head=4), 128)
+
+
+def build(cfg, s: plan.Settings):
+    torch.manual_seed(0)
+    model = GPT2(cfg, checkpointing=s.checkpointing, loss_chunk=s.loss_chunk,
+                 attention_recompute=s.attention_recompute)
+    if s.lora_rank:
+        add_lora(model, s.lora_rank, dropout=s.lora_dropout, targets=s.lora_targets)
+    return model.train()
+
+
+def saved_by_autograd(model, s: plan.Settings) -> int:
+    """Bytes of the tensors one training forward saves for backward, each storage once, parameters left out."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()  # views (q, k, v of one matmul output) share one storage
+        if storage.data_ptr() not in params:
+            storages.setdefault(storage.data_ptr(), storage.nbytes())
+        return t
+
+    ids = torch.randint(0, model.config.vocab_size, (s.micro_batch, s.block_size))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with autocast(torch.device("cpu"), s.precision):
+            model(ids, labels=ids)
+    return sum(storages.values())
+
+
+# --- weights, gradients, AdamW: exact ------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_parameter_count_is_exact_for_every_size(name):
+    cfg = PRESETS[name]
+    with torch.device("meta"):  # shapes only: no memory
+        model = GPT2(cfg)
+    params = list(model.parameters())  # the tied LM head is wte: listed once
+    counted = plan.count_parameters(cfg)
+    assert counted.total == counted.trainable == sum(p.numel() for p in params)
+    assert counted.trainable_tensors == len(params)
+    assert plan.state_bytes(cfg, plan.Settings())["weights"] == 4 * sum(p.numel() for p in params)
+
+    with torch.device("meta"):
+        add_lora(model, 8, targets=("c_attn", "mlp.c_proj"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    counted = plan.count_parameters(cfg, 8, ("c_attn", "mlp.c_proj"))
+    assert counted.trainable == counted.lora == sum(p.numel() for p in trainable)
+    assert counted.total == sum(p.numel() for p in model.parameters())
+    assert counted.trainable_tensors == len(trainable)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_gradients_and_adamw_state_are_exact(lora_rank):
+    cfg, T = SMALL
+    s = plan.Settings(micro_batch=2, block_size=T, lora_rank=lora_rank)
+    model = build(cfg, s)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-3, fused=True)  # as trainer.py
+    ids = torch.randint(0, cfg.vocab_size, (2, T))
+    model(ids, labels=ids)[1].backward()
+    grads = sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
+    optimizer.step()
+    state = sum(t.nbytes for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t))
+    want = plan.state_bytes(cfg, s)
+    assert grads == want["gradients"]
+    assert state == want["optimizer"]
+
+
+# --- activations: what forward keeps for backward ---------------------------------------------
+
+@pytest.mark.parametrize("shape", [SMALL, MEDIUM], ids=["2x64", "4x128"])
+@pytest.mark.parametrize("dropout", [0.1, 0.0])
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("loss_chunk", [0, 48])
+def test_saved_activations_match_autograd(shape, dropout, checkpointing, loss_chunk):
+    cfg, T = shape
+    cfg = cfg.with_dropout(dropout)  # 0.1: the CPU's math attention path, 0: its fused kernel
+    s = plan.Settings(micro_batch=2, block_size=T, checkpointing=checkpointing, loss_chunk=loss_chunk)
+    assert plan.saved_bytes(cfg, s) == pytest.approx(saved_by_autograd(build(cfg, s), s), rel=0.05)
+
+
+@pytest.mark.parametrize("options", [
+    dict(precision="bf16"), dict(precision="bf16", loss_chunk=48), dict(precision="bf16", checkpointing=True),
+    dict(attention_recompute=True), dict(attention_recompute=True, precision="bf16"),
+    dict(lora_rank=4), dict(lora_rank=4, precision="bf16"), dict(lora_rank=4, loss_chunk=48, checkpointing=True),
+    dict(lora_rank=4, lora_dropout=0.1), dict(lora_rank=4, lora_dropout=0.1, precision="bf16"),
+    dict(lora_rank=4, lora_targets=("c_attn", "mlp.c_proj")),
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("dropout", [0.1, 0.0])
+def test_saved_activations_match_autograd_with_options(options, dropout):
+    cfg, T = MEDIUM
+    cfg = cfg.with_dropout(dropout)
+    s = plan.Settings(micro_batch=2, block_size=T, **options)
+    assert plan.saved_bytes(cfg, s) == pytest.approx(saved_by_autograd(build(cfg, s), s), rel=0.05)
+
+
+def test_attention_matrix_only_on_the_cpu_math_path():
+    cfg = PRESETS["gpt2"]
+    s = plan.Settings(micro_batch=1, block_size=1024)
+    math = plan.activation_bytes(cfg, s)["one block"]
+    fused = plan.activation_bytes(cfg.with_dropout(0.0), s)["one block"]
+    cuda = plan.activation_bytes(cfg, plan.Settings(micro_batch=1, block_size=1024, device="cuda"))["one block"]
+    # three fp32 (1, 12, 1024, 1024) tensors, against a log-sum-exp of 4 bytes per head and token
+    assert math - fused == 3 * 12 * 1024 * 1024 * 4 - 12 * 1024 * 4 + 2 * 768 * 1024 * 4  # + the fp32 masks
+    assert cuda - fused == 2 * 768 * 1024  # CUDA: fused attention too, and two bool dropout masks
+
+
+# --- the plan: peak, largest micro-batch, table, JSON -------------------------------------
+
+def test_peak_is_the_largest_moment_and_its_parts_add_up():
+    p = plan.plan(PRESETS["gpt2"], plan.Settings(micro_batch=4, block_size=512, device="cuda", precision="bf16"))
+    totals = {k: sum(v.values()) for k, v in p.moments.items()}
+    assert p.peak_bytes == max(totals.values()) == totals[p.peak_at] == sum(p.parts.values())
+    assert set(p.parts) == set(plan.PARTS)
+
+
+def test_options_lower_the_peak():
+    cfg = PRESETS["gpt2"]
+    s = plan.Settings(micro_batch=8, block_size=1024, device="cuda", precision="bf16")
+    peaks = {(r["checkpointing"], r["loss_chunk"], r["lora_rank"]): r["peak_mb"]
+             for r in plan.combinations(cfg, s, lora=True)}
+    assert len(peaks) == 8
+    assert peaks[(True, 1024, 0)] < peaks[(False, 1024, 0)] < peaks[(False, 0, 0)]
+    assert peaks[(True, 1024, 0)] < peaks[(True, 0, 0)] < peaks[(False, 0, 0)]
+    assert peaks[(False, 0, 8)] < peaks[(False, 0, 0)]  # no gradients, no AdamW state for the frozen model
+
+
+@pytest.mark.parametrize("settings", [
+    plan.Settings(block_size=1024, device="cuda", precision="bf16"),
+    plan.Settings(block_size=512, checkpointing=True, loss_chunk=1024),
+    plan.Settings(block_size=256, device="cuda", lora_rank=8, loss_chunk=256),
+], ids=["cuda-plain", "cpu-ckpt-chunk", "cuda-lora"])
+def test_largest_micro_batch_is_monotonic_and_consistent(settings):
+    cfg = PRESETS["gpt2"]
+    previous = 0
+    for gb in (0.5, 1, 2, 4, 8, 16, 32, 64):
+        memory = int(gb * plan.GB)
+        b = plan.largest_micro_batch(memory, cfg, settings)
+        assert b >= previous
+        previous = b
+        if b:
+            assert plan.plan(cfg, replace(settings, micro_batch=b)).peak_bytes <= memory
+        assert plan.plan(cfg, replace(settings, micro_batch=b + 1)).peak_bytes > memory
+    assert previous > 1
+
+
+def test_plan_json_has_peak_mb():
+    cfg, s = PRESETS["gpt2-medium"], plan.Settings(micro_batch=1, block_size=256)
+    out = plan.plan_json(cfg, s, memory_bytes=8 * plan.GB, lora=True)
+    assert json.loads(json.dumps(out)) == out
+    assert out["peak_mb"] == round(plan.plan(cfg, s).peak_mb, 1)
+    assert out["fits"] == (out["peak_mb"] <= 8 * 1024)
+    assert out["largest_micro_batch"] == plan.largest_micro_batch(8 * plan.GB, cfg, s)
+    assert len(out["combinations"]) == 8 and sum(r["chosen"] for r in out["combinations"]) == 1
+    assert plan.plan_json(cfg, s)["largest_micro_batch"] is None
+
+
+def test_format_plan():
+    text = plan.format_plan(PRESETS["gpt2"], plan.Settings(micro_batch=2, block_size=1024), 8 * plan.GB,
+                            name="gpt2")
+    assert "memory plan: gpt2, 124.4M parameters" in text
+    assert "<- peak" in text and "<- chosen" in text
+    assert "chunked loss 1024 + checkpointing" in text
+    assert "largest micro-batch in 8,192 MB" in text
+
+
+def test_settings_are_checked():
+    with pytest.raises(UserError):
+        plan.Settings(precision="fp8")
+    with pytest.raises(UserError):
+        plan.Settings(lora_rank=4, lora_targets="wte")
+    with pytest.raises(UserError):
+        plan.plan(PRESETS["gpt2"], plan.Settings(block_size=2048))
+    assert plan.Settings(lora_targets="c_attn, mlp.c_proj").lora_targets == ("c_attn", "mlp.c_proj")
+
+
+def test_docstring_tables_are_computed_by_the_module():
+    for table in plan.docstring_tables():
+        assert table in plan.__doc__
+
+
+# --- train.py --plan: the flags, read as train.py reads them -----------------------------------
+
+def run_plan(argv, capsys):
+    """train.py --plan in this process: (exit status, what it printed)."""
+    import train
+
+    status = train.main(["--plan", "--device", "cpu", "--precision", "fp32", *argv])
+    return status, capsys.readouterr().out
+
+
+def cpu_settings(**options):
+    """The Settings train.py trains with on the CPU: its defaults, the chunked loss and attention_recompute."""
+    from gpt2 import run
+
+    return plan.Settings(device="cpu", loss_chunk=run.DEFAULT_LOSS_CHUNK,
+                         attention_recompute=run.DEFAULT_CPU_ATTENTION_RECOMPUTE, **options)
+
+
+def test_plan_of_a_model_directory_reads_config_json_only(tmp_path, capsys):
+    directory = save_hf(hf_model(**TINY), tmp_path / "tiny")
+    os.remove(os.path.join(directory, "model.safetensors"))  # no weight is needed, nor read
+    out_json = tmp_path / "plan.json"
+    status, out = run_plan(["--model", directory, "--block-size", "32", "--batch-size", "3",
+                            "--memory", "2GB", "--json", str(out_json)], capsys)
+    assert status == 0
+    cfg = GPT2Config.from_json(os.path.join(directory, "config.json"))
+    s = cpu_settings(micro_batch=3, block_size=32)
+    counted = plan.count_parameters(cfg)
+    assert f"parameters: {counted.trainable:,} trainable of {counted.total:,}" in out
+    assert "memory plan:" in out and "<- peak" in out and "memory to fit: 1,907 MB (--memory)" in out
+    written = json.loads(out_json.read_text())
+    assert written["peak_mb"] == round(plan.plan(cfg, s).peak_mb, 1)
+    assert written["settings"] == {**asdict(s), "lora_targets": list(s.lora_targets)}
+    assert written["largest_micro_batch"] == plan.largest_micro_batch(2 * 10**9, cfg, s)
+
+
+def test_plan_follows_train_py_defaults():
+    from gpt2 import run
+    from gpt2.cli import train_parser
+
+    cfg, cpu, cuda = PRESETS["gpt2"], torch.device("cpu"), torch.device("cuda")  # cuda: a name, nothing runs
+    args = train_parser().parse_args(["--plan", "--precision", "fp32"])
+    s, notes = plan.settings_for(args, cfg, cpu)
+    assert (s.loss_chunk, s.attention_recompute) == (run.pick_loss_chunk(None, cpu)[0],
+                                                     run.pick_attention_recompute(None, cpu, False)[0])
+    assert (s.micro_batch, s.block_size, s.precision) == (2, 1024, "fp32")
+    assert notes[-1] == "parameters: 124,439,808 trainable of 124,439,808"
+    s, _ = plan.settings_for(train_parser().parse_args(["--precision", "fp32", "--checkpointing"]), cfg, cpu)
+    assert s.checkpointing and not s.attention_recompute  # whole blocks are recomputed anyway
+    s, _ = plan.settings_for(train_parser().parse_args(["--bf16", "--lora", "4", "--batch-size", "auto",
+                                                        "--effective-batch", "8"]), cfg, cuda)
+    assert (s.device, s.precision, s.loss_chunk, s.attention_recompute) == ("cuda", "bf16", 0, False)
+    assert (s.lora_rank, s.micro_batch, s.grad_accum) == (4, 2, 4)
+
+
+def test_plan_of_a_preset_downloads_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: a download would fail
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    status, out = run_plan(["--model", "gpt2-medium", "--weights-dir", str(weights), "--block-size", "256",
+                            "--batch-size", "1"], capsys)
+    assert status == 0
+    assert "memory plan: gpt2-medium, 354.8M parameters" in out
+    assert "parameters: 354,823,168 trainable of 354,823,168" in out
+    assert list(weights.iterdir()) == []  # no folder made, no file fetched
+    # a downloaded config.json is the model's own: it wins over the preset's shape
+    (weights / "gpt2").mkdir()
+    GPT2Config(n_layer=3, n_head=4, n_embd=128).to_json(str(weights / "gpt2" / "config.json"))
+    status, out = run_plan(["--model", "gpt2", "--weights-dir", str(weights)], capsys)
+    assert status == 0 and f"{plan.count_parameters(GPT2Config(n_layer=3, n_head=4, n_embd=128)).total:,}" in out
+
+
+def test_memory_changes_the_largest_micro_batch(tmp_path, capsys):
+    largest = {}
+    for memory in ("8GB", "16GB"):
+        status, out = run_plan(["--model", "gpt2", "--batch-size", "auto", "--block-size", "512",
+                                "--memory", memory, "--json", str(tmp_path / f"{memory}.json")], capsys)
+        assert status == 0
+        largest[memory] = json.loads((tmp_path / f"{memory}.json").read_text())["largest_micro_batch"]
+        assert f"the largest that fits in {int(memory[:-2]) * 10**9 / plan.MB:,.0f} MB is {largest[memory]}" in out
+    s = cpu_settings(micro_batch=2, block_size=512)
+    assert largest["8GB"] == plan.largest_micro_batch(8 * 10**9, PRESETS["gpt2"], s)
+    assert 0 < largest["8GB"] < largest["16GB"]
+
+
+def test_plan_of_a_hub_id_not_on_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import train
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    status = run_cli(train.main, ["--plan", "--model", "some-org/some-model", "--weights-dir", str(weights)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "not downloaded" in err and "pass its directory" in err
+    assert list(weights.iterdir()) == []
+
+
+def test_fits_table_cells_are_the_plans_answers():
+    table = plan.fits_table(models=("gpt2", "gpt2-xl"), memory_gb=(8, 24))
+    assert "bf16" in table and "block size 1024" in table and "not measured" in table
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| gpt2")]
+    assert len(rows) == 2 * len(plan.FITS_OPTIONS)
+    for row in rows:
+        name, label, cells = row[0].strip("| "), row[1], [int(c.strip(" |")) for c in row[2:]]
+        flags = dict(plan.FITS_OPTIONS)[label]
+        s = plan.Settings(block_size=1024, precision="bf16", device="cuda", checkpointing="--checkpointing" in flags,
+                          lora_rank=8 if "--lora" in flags else 0)
+        assert cells == [plan.largest_micro_batch(gb * 10**9, PRESETS[name], s) for gb in (8, 24)]
+        assert cells[0] <= cells[1]
