@@ -151,7 +151,7 @@ class RunControl:
         checkpoint.check_finite_weights(t)  # the last update came after the last loss
         if self.cfg.save_best and self.best is not None:
             self.dist.barrier()  # rank 0 wrote best/: the others wait for the file
-            t.load_weights(os.path.join(t.out, "best", "model.safetensors"))
+            t.load_weights(os.path.join(t.out, "best"))
             self.print(f"restored the best checkpoint ({self.cfg.best_metric} {self.best[0]:.4f} "
                        f"at step {self.best[1]})")
         return reason or "completed"

@@ -86,7 +86,7 @@ class CausalSelfAttention(nn.Module):
         #      query d          x  x  x  x
         attention = dict(attn_mask=self._cache_mask(past, T, x.device), is_causal=past == 0,
                          dropout_p=self.attn_pdrop if self.training else 0.0)
-        if self.recompute and self.training and torch.is_grad_enabled():  # memory option: see the top
+        if self.recompute and self.training and self.attn_pdrop > 0 and torch.is_grad_enabled():  # see the top
             y = checkpoint(F.scaled_dot_product_attention, q, k, v, use_reentrant=False, **attention)
         else:
             y = F.scaled_dot_product_attention(q, k, v, **attention)  # (B, nh, T, hd)
@@ -174,7 +174,7 @@ class GPT2(nn.Module):
         # compares against to predict it, and the 124M model saves 38M parameters.
         # It is one nn.Parameter with two uses: its gradient is the sum of both
         # uses' gradients, and AdamW (which lists each parameter once) updates it once.
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False, device="meta")  # no memory: replaced
         self.lm_head.weight = self.transformer.wte.weight
         for block in self.transformer.h:
             block.attn.recompute = attention_recompute

@@ -72,6 +72,7 @@ Ctrl-C) is run control, in control.py; the resumable state is checkpoint.py.
 
 import contextlib
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ from .data import epoch_permutation, to_batch
 from .distributed import Dist
 from .evaluation import evaluate
 from .precision import autocast, make_scaler
+from .lora import load_adapter
 from .weights import load_into, read_safetensors, save_checkpoint
 
 
@@ -311,5 +313,10 @@ class Trainer:
         return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device, self.cfg.precision,
                         reduce=self.dist.all_reduce_sum, stop=stop)
 
-    def load_weights(self, path):
-        load_into(self.model, read_safetensors(path), path)
+    def load_weights(self, directory):
+        """The weights save_model wrote into `directory` (best/): under LoRA, the adapter alone."""
+        if getattr(self.model, "lora_config", None) is not None:
+            load_adapter(self.model, directory)
+        else:
+            path = os.path.join(directory, "model.safetensors")
+            load_into(self.model, read_safetensors(path), path)

@@ -35,6 +35,7 @@ quietly untied), so only `transformer.wte.weight` is stored, and transformers (l
 `load_checkpoint` here) ties the head to it again when loading.
 """
 
+import json
 import os
 
 import torch
@@ -163,42 +164,93 @@ def check_tensors(header: dict, cfg: GPT2Config, path: str, config_path: str = "
 
 # --- loading it ----------------------------------------------------------------------
 
-def hf_to_ours(tensors: dict, path: str) -> dict:
-    """Rename and transpose a HF GPT-2 state dict into this model's state dict."""
-    out = {}
-    for key, t in tensors.items():
+def _ours(items, path: str):
+    """(our name, tensor) for each (file key, tensor): renamed, transposed, checked finite.
+
+    lm_head.weight, when the file has it, comes out under that name: it must equal wte
+    (the caller checks, once wte is known). The mask buffers are skipped.
+    """
+    for key, t in items:
         name = key.removeprefix("transformer.")
         if name.endswith(MASK_BUFFERS):
             continue
-        if not torch.isfinite(t).all():  # one pass over the tensor
+        if not _all_finite(t):
             bad = t.numel() - int(torch.isfinite(t).sum())
             raise UserError(f"{path}: tensor {name} holds {bad} NaN or infinite values; "
                             f"a diverged training run?")
         if name == "lm_head.weight":
-            continue  # tied to wte: checked against it below
+            yield name, t
+            continue
         if name.endswith(CONV1D):
             if t.dim() != 2:
                 raise UserError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected a matrix")
-            t = t.t()
-        out["transformer." + name] = t  # a view: copy_ reads it transposed, no temporary copy
-    head = tensors.get("lm_head.weight")
-    wte = out.get("transformer.wte.weight")
-    if head is not None and wte is not None and not (head.shape == wte.shape and torch.equal(head, wte)):
+            t = t.t()  # a view: copy_ reads it transposed, no temporary copy
+        yield "transformer." + name, t
+
+
+def _all_finite(t) -> bool:
+    """torch.isfinite(t).all(), a million numbers at a time: isfinite makes temporaries 1.7 times
+    the tensor's size (350 MB for GPT-2-medium's embedding), a chunk's are a few MB."""
+    flat = t.reshape(-1)
+    step = 1 << 20
+    return all(bool(torch.isfinite(flat[i:i + step]).all()) for i in range(0, flat.numel(), step))
+
+
+def _check_tied(head, wte, path):
+    if head is not None and wte is not None and not (head.shape == wte.shape and torch.equal(head.to(wte), wte)):
         raise UserError(f"{path}: lm_head.weight differs from wte.weight; GPT-2 ties them and so does this model")
+
+
+def hf_to_ours(tensors: dict, path: str) -> dict:
+    """Rename and transpose a HF GPT-2 state dict into this model's state dict."""
+    out = dict(_ours(tensors.items(), path))
+    _check_tied(out.pop("lm_head.weight", None), out.get("transformer.wte.weight"), path)
     return out
 
 
-def _copy_into(model: GPT2, state: dict) -> None:
+def _copy_into(model: GPT2, pairs, path: str) -> None:
+    """Copy (our name, tensor) pairs into the model's parameters, one at a time."""
+    state, head = model.state_dict(), None
     with torch.no_grad():
-        for k, want in model.state_dict().items():
-            if k != "lm_head.weight":  # the same tensor as wte
-                want.copy_(state[k])  # also converts fp16/bf16 files to the model's fp32
+        for name, t in pairs:
+            if name == "lm_head.weight":
+                head = t
+            else:
+                state[name].copy_(t)  # also converts fp16/bf16 files to the model's fp32
+    _check_tied(head, state["transformer.wte.weight"], path)
+
+
+# The dtypes a weight may have (check_tensors refuses the others first), as torch's.
+_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _file_tensors(path: str):
+    """(key, tensor) of every weight in the file, read one at a time with plain reads.
+
+    The format is simple enough to read by hand: 8 bytes giving the header's length N,
+    N bytes of JSON ({name: {"dtype", "shape", "data_offsets": [begin, end]}}), then
+    the raw bytes. Reading each tensor into its own buffer keeps one tensor in memory at
+    a time; a memory-mapped file (safetensors' own loader) would count every page it
+    touched as this process's memory, the whole file in the end.
+    """
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))  # checked by read_header (safetensors) before
+        for key, info in header.items():
+            if key == "__metadata__" or key.removeprefix("transformer.").endswith(MASK_BUFFERS):
+                continue
+            begin, end = info["data_offsets"]
+            data = bytearray(end - begin)
+            f.seek(8 + n + begin)
+            if f.readinto(data) != len(data):
+                raise UserError(f"{path}: truncated ({key} is cut short); truncated download?")
+            yield key, torch.frombuffer(data, dtype=_TORCH_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
 def load_into(model: GPT2, tensors: dict, path: str, config_path: str = "config.json") -> None:
     """Copy the tensors into the model, with one-line errors for any mismatch."""
     check_tensors(header_of(tensors), model.config, path, config_path)
-    _copy_into(model, hf_to_ours(tensors, path))
+    _copy_into(model, _ours(tensors.items(), path), path)
 
 
 def load_checkpoint(directory: str, dropout: float | None = None, **options) -> GPT2:
@@ -215,10 +267,14 @@ def load_checkpoint(directory: str, dropout: float | None = None, **options) -> 
     weights_path = os.path.join(directory, "model.safetensors")
     # Nothing is read or built until the header agrees with the config ...
     check_tensors(read_header(weights_path), cfg, weights_path, config_path)
-    # ... nor built until the data is sound (hf_to_ours refuses NaN and infinity).
-    state = hf_to_ours(read_safetensors(weights_path), weights_path)
+    # ... nor built until the data is sound (_ours refuses NaN and infinity): a first
+    # pass reads the tensors one at a time and keeps none, ...
+    for _ in _ours(_file_tensors(weights_path), weights_path):
+        pass
+    # ... and the second copies them into the model, one at a time. Memory: the model
+    # and one tensor, not the model and the whole file (twice the weights).
     model = GPT2(cfg, **options)
-    _copy_into(model, state)
+    _copy_into(model, _ours(_file_tensors(weights_path), weights_path), weights_path)
     return model
 
 

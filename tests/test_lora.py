@@ -295,8 +295,9 @@ def test_train_py_with_lora_saves_a_merged_model_and_the_adapter(lora_run, capsy
 
     common, tmp_path = lora_run
     out = tmp_path / "out"
-    assert train.main(common + ["--max-steps", "4", "--out", str(out)]) == 0
+    assert train.main(common + ["--max-steps", "4", "--eval-every", "2", "--save-best", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert "restored the best checkpoint" in printed  # from best/'s adapter
     assert "parameters: 4,096 trainable of " in printed  # 2 blocks x 4 (128 + 64 + 160 + 160): rank x (in + out)
     for f in ("model.safetensors", "config.json", "vocab.json", "merges.txt", "adapter_model.safetensors",
               "adapter_config.json", "eval_results.json"):

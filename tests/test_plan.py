@@ -1,5 +1,6 @@
 """The memory plan (gpt2/plan.py) against what PyTorch really allocates and keeps, on the CPU."""
 
+import ctypes
 import json
 import os
 from dataclasses import asdict, replace
@@ -125,6 +126,53 @@ def test_attention_matrix_only_on_the_cpu_math_path():
     assert cuda - fused == 2 * 768 * 1024  # CUDA: fused attention too, and two bool dropout masks
 
 
+# --- the peak of live tensors, and what the CPU process holds besides ---------------------------
+
+def has_mallinfo2() -> bool:
+    try:
+        ctypes.CDLL("libc.so.6").mallinfo2
+        return True
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return False
+
+
+@pytest.mark.skipif(not has_mallinfo2(), reason="counts glibc malloc's bytes in use")
+@pytest.mark.parametrize("options", [dict(), dict(loss_chunk=48, attention_recompute=True),
+                                     dict(checkpointing=True), dict(lora_rank=4, loss_chunk=48)],
+                         ids=["plain", "chunk+recompute", "ckpt", "lora+chunk"])
+def test_peak_of_live_tensors_in_a_step(options):
+    """The largest bytes in use during a real training step (op by op), against the plan's peak.
+
+    GPT-2's vocabulary with a narrow model: the LM head, the loss and wte's gradients decide the
+    peak, e.g. at the embeddings: wte's gradient from the head, the embedding's, and their sum.
+    """
+    from benchmarks.plan_check import live_peak
+
+    cfg = GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=2)
+    s = plan.Settings(micro_batch=2, block_size=64, **options)
+    moments = plan.moments(cfg, s)
+    del moments["loading the weights"]  # before the step: its own test below
+    state = plan.state_bytes(cfg, s)
+    in_a_step = max(sum(m.values()) - m["baseline"] - m["malloc_kept"] for m in moments.values())
+    assert in_a_step - state["weights"] - state["optimizer"] == pytest.approx(live_peak(cfg, s), rel=0.02)
+
+
+def test_cpu_parts_besides_the_tensors():
+    cfg = PRESETS["gpt2-medium"]
+    s = plan.Settings(micro_batch=1, block_size=256, loss_chunk=1024, attention_recompute=True)
+    load = plan.plan(cfg, s).moments["loading the weights"]
+    weights = 4 * plan.count_parameters(cfg).total
+    # the file's tensors and the model, and the LM head's own weight before it is tied to wte
+    assert sum(load.values()) == plan.CPU_BASELINE_BYTES + 2 * weights + 4 * cfg.vocab_size * cfg.n_embd
+    # attention's T x T tensors, kept by malloc: four per block on the math path, when under 32 MB
+    TT = 16 * 256 * 256 * 4
+    assert plan.malloc_kept_bytes(cfg, s) == 24 * 4 * TT
+    assert plan.malloc_kept_bytes(cfg.with_dropout(0.0), s) == 0  # the fused kernel
+    assert plan.malloc_kept_bytes(cfg, replace(s, micro_batch=8)) == 0  # 32 MB each: mmap()ed, given back
+    assert plan.malloc_kept_bytes(cfg, replace(s, device="cuda")) == 0
+    assert "loading the weights" not in plan.plan(cfg, replace(s, device="cuda")).moments
+
+
 # --- the plan: peak, largest micro-batch, table, JSON -------------------------------------
 
 def test_peak_is_the_largest_moment_and_its_parts_add_up():
@@ -233,6 +281,8 @@ def test_plan_of_a_model_directory_reads_config_json_only(tmp_path, capsys):
     assert written["peak_mb"] == round(plan.plan(cfg, s).peak_mb, 1)
     assert written["settings"] == {**asdict(s), "lora_targets": list(s.lora_targets)}
     assert written["largest_micro_batch"] == plan.largest_micro_batch(2 * 10**9, cfg, s)
+    # the table of options: train.py recomputes attention unless whole blocks are recomputed
+    assert all(row["attention_recompute"] == (not row["checkpointing"]) for row in written["combinations"])
 
 
 def test_plan_follows_train_py_defaults():
