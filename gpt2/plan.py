@@ -171,11 +171,11 @@ back). Planned and measured peaks:
     CPU, gpt2, fp32, 1 x 256, defaults                                 2,653     2,639
     CPU, gpt2, fp32, 1 x 256, --loss-chunk 0                           2,653     2,802
     CPU, gpt2, fp32, 1 x 256, --checkpointing                          2,653     2,549
-    CPU, gpt2, fp32, 1 x 256, --lora 8                                 1,413     1,351
+    CPU, gpt2, fp32, 1 x 256, --lora 8                                 1,160     1,351
     CPU, gpt2-medium, fp32, 1 x 256, defaults                          6,507     6,513
     CPU, gpt2-medium, fp32, 1 x 256, --loss-chunk 0                    6,507     6,685
     CPU, gpt2-medium, fp32, 1 x 256, --checkpointing                   6,507     6,305
-    CPU, gpt2-medium, fp32, 1 x 256, --lora 8                          3,219     3,137
+    CPU, gpt2-medium, fp32, 1 x 256, --lora 8                          2,572     3,137
     CPU, gpt2-medium, fp32, 1 x 256, --attention-recompute false       6,507     6,831
     CPU, gpt2-medium, fp32, 4 x 256, defaults                          8,046     7,634
     CPU, gpt2-medium, fp32, 4 x 256, --lora 8                          5,173     5,339
