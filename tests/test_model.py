@@ -314,3 +314,21 @@ def test_weights_permission_denied_for_real(tiny_ckpt, no_model):
     with pytest.raises(UserError) as e:
         load_checkpoint(tiny_ckpt)
     assert "permission denied" in one_line(e)
+
+
+@pytest.mark.parametrize("chunks", [(5, 3, 4), (1, 7, 4), (6, 6)])
+def test_chunked_prefill_with_a_kv_cache_matches_the_full_forward(tiny_ckpt, chunks):
+    """Several new tokens fed after a non-empty cache get the offset causal mask: token t of a
+    chunk sees the cache and the chunk up to itself, never its own future."""
+    from gpt2.model import KVCache
+
+    model = load_checkpoint(tiny_ckpt).eval()
+    ids = torch.randint(0, 50257, (2, sum(chunks)), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = model.hidden_states(ids)  # (2, T, C), the ordinary causal forward
+        caches = [KVCache() for _ in model.transformer.h]
+        got, start = [], 0
+        for n in chunks:
+            got.append(model.hidden_states(ids[:, start:start + n], caches))
+            start += n
+    assert (torch.cat(got, dim=1) - want).abs().max().item() <= 1e-5
