@@ -808,13 +808,29 @@ def model_config(model: str, weights_dir: str | None = None) -> GPT2Config:
                     f"or a hub id org/name")
 
 
+def planned_device(name: str, memory) -> torch.device:
+    """The device to plan for: this machine's, or a GPU it does not have (--device cuda --memory 24GB)."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        if not memory:
+            raise UserError(f"--plan --device {name}: no GPU here to read its memory from; add --memory, "
+                            f"e.g. --memory 24GB")
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    return pick_device(name)
+
+
 def settings_for(args, cfg: GPT2Config, device) -> tuple:
     """(Settings, notes): what train.py would train with, from its parsed flags, on `device`.
 
     The choices are run.py's own functions, so the plan follows train.py's defaults (the
     chunked loss and attention_recompute on the CPU, ...); notes say why, as a run's header does.
     """
-    precision, why = resolve_precision(args.precision, device)
+    if device.type == "cuda" and not torch.cuda.is_available() and args.precision == "auto":
+        precision, why = "bf16", "auto on a GPU with bf16 (Ampere and newer); planned without one here"
+    else:
+        precision, why = resolve_precision(args.precision, device)
     loss_chunk, chunk_why = pick_loss_chunk(args.loss_chunk, device)
     recompute, recompute_why = pick_attention_recompute(args.attention_recompute, device, args.checkpointing)
     # batch.py's choice without probing: "auto" is micro-batch 2 (main() says what would fit)
@@ -844,7 +860,7 @@ def main(args) -> int:
     cfg = model_config(args.model, args.weights_dir)
     if args.dropout is not None:  # the CPU's attention path depends on it (attention_kernel)
         cfg = cfg.with_dropout(args.dropout)
-    device = pick_device(args.device)
+    device = planned_device(args.device, args.memory)
     s, notes = settings_for(args, cfg, device)
     memory, what = (args.memory, "--memory") if args.memory else device_memory(device)
 

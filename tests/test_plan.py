@@ -359,3 +359,22 @@ def test_fits_table_cells_are_the_plans_answers():
                           lora_rank=8 if "--lora" in flags else 0)
         assert cells == [plan.largest_micro_batch(gb * 10**9, PRESETS[name], s) for gb in (8, 24)]
         assert cells[0] <= cells[1]
+
+
+def test_plan_for_a_gpu_this_machine_does_not_have(tmp_path, capsys):
+    """--plan --device cuda plans for a GPU even where there is none; its memory must then be given."""
+    import train
+    from gpt2.errors import UserError
+
+    directory = save_hf(hf_model(**TINY), tmp_path / "tiny")
+    argv = ["--plan", "--model", directory, "--block-size", "32", "--device", "cuda"]
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="--memory"):
+        train.main(argv)
+    assert train.main(argv + ["--memory", "8GB", "--json", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    assert "bf16 on cuda" in out and "torch.cuda.max_memory_allocated" in out
+    cfg = GPT2Config.from_json(os.path.join(directory, "config.json"))
+    s = plan.Settings(micro_batch=2, block_size=32, precision="bf16", device="cuda")
+    assert json.loads((tmp_path / "p.json").read_text())["peak_mb"] == round(plan.plan(cfg, s).peak_mb, 1)
