@@ -20,6 +20,8 @@ import os
 import socket
 import time
 
+from tqdm import tqdm
+
 from .errors import UserError
 from .files import atomic_path
 
@@ -79,7 +81,7 @@ def summary_writer_class():
 class Logger:
     """Log entries to the terminal, and when given a run directory, to log.jsonl and TensorBoard."""
 
-    def __init__(self, print_fn=print, out_dir=None, tensorboard=False):
+    def __init__(self, print_fn=tqdm.write, out_dir=None, tensorboard=False):  # tqdm.write: above the bar
         self.print = print_fn
         self.jsonl = os.path.join(out_dir, "log.jsonl") if out_dir else None
         self.tensorboard = None  # the writer, opened at the first entry: until then OUT stays untouched
