@@ -532,14 +532,7 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
         raise UserError(f"--validation-split must be at least 0 and below 100, "
                         f"got {validation_percent}")
 
-    if train_file is None:
-        train_source, text = demo_text()
-        train_ids, train_sha256 = _cached_ids(
-            text.encode("utf-8"), lambda: _texts(train_source, text, "txt", keep_linebreaks),
-            tokenizer, cache_dir, _reading("txt", keep_linebreaks))
-    else:
-        train_source = str(train_file)
-        train_ids, train_sha256 = _file_ids(train_file, tokenizer, cache_dir, keep_linebreaks)
+    train_source, train_ids, train_sha256 = _training_ids(train_file, tokenizer, cache_dir, keep_linebreaks)
     blocks = make_blocks(train_ids, block_size, train_source)  # (n_blocks, block_size)
 
     val_ids = val_sha256 = None
@@ -569,6 +562,16 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
     }
     info["summary"] = _summary(info, len(blocks), validation_percent, val_ids)
     return train, val, info
+
+
+def _training_ids(train_file, tokenizer, cache_dir, keep_linebreaks):
+    """(name, token ids, sha256) of the training text: the file, or the demo corpus."""
+    if train_file is not None:
+        return (str(train_file), *_file_ids(train_file, tokenizer, cache_dir, keep_linebreaks))
+    name, text = demo_text()
+    ids, sha256 = _cached_ids(text.encode("utf-8"), lambda: _texts(name, text, "txt", keep_linebreaks),
+                              tokenizer, cache_dir, _reading("txt", keep_linebreaks))
+    return name, ids, sha256
 
 
 def _summary(info, n_blocks, validation_percent, val_ids) -> str:
