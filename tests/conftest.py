@@ -52,6 +52,16 @@ def write_text(path, n_lines=300, seed=0):
     return str(path)
 
 
+def make_unreadable(path):
+    """chmod 0, or skip the test where this user reads any file anyway (root)."""
+    os.chmod(path, 0)
+    try:
+        open(path, "rb").close()
+    except PermissionError:
+        return
+    pytest.skip("this user reads any file (root)")
+
+
 def deny_open(monkeypatch, path):
     """open(path) raises PermissionError, as for another user's file (the tests may run as root,
     whom file permissions do not stop)."""

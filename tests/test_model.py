@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, deny_open, hf_model, save_hf
+from conftest import TINY, deny_open, hf_model, make_unreadable, save_hf
 from gpt2.errors import UserError
 from gpt2.model import GPT2
 from gpt2.config import GPT2Config
@@ -305,12 +305,7 @@ def test_weights_permission_denied(tiny_ckpt, no_model, monkeypatch):
 
 def test_weights_permission_denied_for_real(tiny_ckpt, no_model):
     path = os.path.join(tiny_ckpt, "model.safetensors")
-    os.chmod(path, 0)
-    try:
-        open(path, "rb").close()
-        pytest.skip("this user reads any file (root)")
-    except PermissionError:
-        pass
+    make_unreadable(path)
     with pytest.raises(UserError) as e:
         load_checkpoint(tiny_ckpt)
     assert "permission denied" in one_line(e)
