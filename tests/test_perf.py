@@ -135,6 +135,34 @@ def test_attention_recompute_matches_plain_path(dropout):
 
 # --- --batch-size auto -----------------------------------------------------------------
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_precision_auto_on_the_cpu_is_bf16_only_where_it_is_native(monkeypatch, capsys, native):
+    """--precision auto: bf16 on a CPU with AVX512-BF16/AMX, else fp32; --bf16 is allowed on any CPU."""
+    from gpt2 import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    chosen, why = precision.resolve_precision("auto", cpu)
+    assert chosen == ("bf16" if native else "fp32") and why.startswith("auto: ")
+    assert precision.resolve_precision("bf16", cpu)[0] == "bf16"
+    assert ("emulated" in capsys.readouterr().err) == (not native)  # one line where it is slow
+    assert precision.resolve_precision("fp16", cpu)[0] == chosen  # no fp16 on the CPU: auto's choice
+    assert precision.resolve_precision("fp32", cpu)[0] == "fp32"
+
+
+def test_bf16_training_on_the_cpu_keeps_the_loss_in_fp32():
+    """Under CPU autocast the matmuls run in bf16, the loss (log-softmax) in fp32."""
+    from gpt2.precision import autocast
+
+    model = tiny_model(0.0).train()
+    ids, labels = ids_and_labels()
+    with autocast(torch.device("cpu"), "bf16"):
+        logits, loss = model(ids, labels=labels)
+    assert loss.dtype == torch.float32
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
+    assert abs(loss.item() - ref.item()) < 1e-5
+
+
 def fake_gpu(capacity):
     """A try_step that runs out of memory above `capacity` sequences, recording what it tried."""
     tried = []
