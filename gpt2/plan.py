@@ -164,25 +164,31 @@ kept by malloc"; none when they are larger than 32 MB: those are mmap()ed, and g
 back). Planned and measured peaks:
 
     run (MB)                                                         planned  measured
-    H200, gpt2, fp16, 2 x 1024, plain                                  3,598     3,631
-    H200, gpt2, fp16, 2 x 1024, chunked loss 1024                      3,159     3,207
-    H200, gpt2, fp16, 2 x 1024, chunked loss 2048 + checkpointing      2,619     2,663
-    H200, gpt2, fp16, 8 x 1024, chunked loss 1024 + checkpointing      2,802     2,869
-    CPU, gpt2, fp32, 1 x 256, defaults                                 2,653     2,639
-    CPU, gpt2, fp32, 1 x 256, --loss-chunk 0                           2,653     2,802
-    CPU, gpt2, fp32, 1 x 256, --checkpointing                          2,653     2,549
-    CPU, gpt2, fp32, 1 x 256, --lora 8                                 1,160     1,351
-    CPU, gpt2-medium, fp32, 1 x 256, defaults                          6,507     6,513
-    CPU, gpt2-medium, fp32, 1 x 256, --loss-chunk 0                    6,507     6,685
-    CPU, gpt2-medium, fp32, 1 x 256, --checkpointing                   6,507     6,305
-    CPU, gpt2-medium, fp32, 1 x 256, --lora 8                          2,572     3,137
-    CPU, gpt2-medium, fp32, 1 x 256, --attention-recompute false       6,507     6,831
-    CPU, gpt2-medium, fp32, 4 x 256, defaults                          8,046     7,634
-    CPU, gpt2-medium, fp32, 4 x 256, --lora 8                          5,173     5,339
+    H100, gpt2, bf16, 1 x 1024, defaults                               2,661     2,691
+    H100, gpt2, bf16, 1 x 1024, --checkpointing                        2,257     2,269
+    H100, gpt2, bf16, 4 x 1024, defaults                               5,472     5,482
+    H100, gpt2, bf16, 4 x 1024, --checkpointing                        4,083     4,090
+    H100, gpt2-medium, bf16, 1 x 1024, defaults                        6,309     6,310
+    H100, gpt2-medium, bf16, 1 x 1024, --checkpointing                 5,871     5,681
+    H100, gpt2-medium, bf16, 1 x 1024, --lora 8                        3,632     3,633
+    H100, gpt2-medium, bf16, 4 x 1024, defaults                       10,838    10,842
+    H100, gpt2-medium, bf16, 4 x 1024, --checkpointing                 7,174     7,194
+    H100, gpt2-xl, bf16, 1 x 1024, --lora 8 --checkpointing            7,167     7,304
+    H100, gpt2-xl, bf16, 1 x 1024, --lora 8                           12,536    12,736
+    H100, gpt2-xl, bf16, 1 x 1024, --checkpointing                    24,445    24,571
+    CPU, gpt2, fp32, 1 x 256, defaults                                 2,653     2,719
+    CPU, gpt2, fp32, 1 x 256, --lora 8                                 1,160     1,340
+    CPU, gpt2-medium, fp32, 1 x 256, defaults                          6,507     6,880
+    CPU, gpt2-medium, fp32, 1 x 256, --loss-chunk 0                    6,507     7,058
+    CPU, gpt2-medium, fp32, 1 x 256, --checkpointing                   6,507     6,295
+    CPU, gpt2-medium, fp32, 1 x 256, --lora 8                          2,572     2,849
+    CPU, gpt2-medium, fp32, 1 x 256, --attention-recompute true        6,507     6,493
+    CPU, gpt2-medium, fp32, 4 x 256, defaults                          9,198     8,528
+    CPU, gpt2-medium, fp32, 4 x 256, --lora 8                          5,173     5,260
 
-(CUDA: benchmarks/bench.py on an H200, torch 2.11, benchmarks/results/h200; CPU:
-train.py with its defaults (the chunked loss and attention_recompute), run by
-benchmarks/plan_check.py, torch 2.13. At 1 x 256 LoRA's CPU peak is loading's.)
+(Every row is a real `train.py` run, by benchmarks/plan_check.py. CUDA: an H100, torch
+2.11, benchmarks/results/h100 (fp16 gave the same figures as bf16); CPU: the development
+machine, torch 2.13, benchmarks/results/cpu. At 1 x 256 the CPU's peak is often loading's.)
 
 Exact and estimated. Weights, gradients and AdamW's state are exact. What forward
 keeps (activations, autocast copies, the head's kept tensors) is exact on the CPU,
@@ -687,8 +693,8 @@ def combinations(cfg: GPT2Config, s: Settings, memory_bytes: int | None = None, 
     """Rows for the table of options: checkpointing x chunked loss (x LoRA when asked).
 
     Each row: the options, the peak at the chosen micro-batch, the largest micro-batch that
-    fits in memory_bytes (None without a memory size). recompute(checkpointing) -> bool, if
-    given, is attention_recompute for a row (train.py's choice depends on --checkpointing).
+    fits in memory_bytes (None without a memory size). recompute(checkpointing, lora_rank) -> bool,
+    if given, is attention_recompute for a row (train.py's choice depends on both).
     """
     chunk = s.loss_chunk or 1024
     ranks = (0, s.lora_rank or 8) if lora else (s.lora_rank,)
@@ -696,8 +702,8 @@ def combinations(cfg: GPT2Config, s: Settings, memory_bytes: int | None = None, 
     for rank in ranks:
         for ckpt in (False, True):
             for loss_chunk in (0, chunk):
-                t = replace(s, checkpointing=ckpt, loss_chunk=loss_chunk, lora_rank=rank,
-                            attention_recompute=s.attention_recompute if recompute is None else recompute(ckpt))
+                keep = s.attention_recompute if recompute is None else recompute(ckpt, rank)
+                t = replace(s, checkpointing=ckpt, loss_chunk=loss_chunk, lora_rank=rank, attention_recompute=keep)
                 rows.append({"checkpointing": ckpt, "loss_chunk": loss_chunk, "lora_rank": rank,
                              "attention_recompute": t.attention_recompute,
                              "peak_mb": round(plan(cfg, t).peak_mb, 1), "chosen": t == s,
@@ -832,10 +838,12 @@ def settings_for(args, cfg: GPT2Config, device) -> tuple:
     else:
         precision, why = resolve_precision(args.precision, device)
     loss_chunk, chunk_why = pick_loss_chunk(args.loss_chunk, device)
-    recompute, recompute_why = pick_attention_recompute(args.attention_recompute, device, args.checkpointing)
+    block_size = pick_block_size(args.block_size, cfg.n_positions)
+    recompute, recompute_why = pick_attention_recompute(args.attention_recompute, device, args.checkpointing,
+                                                        block_size, lora=bool(args.lora))
     # batch.py's choice without probing: "auto" is micro-batch 2 (main() says what would fit)
     micro, accum, _ = choose_batch(args.batch_size, args.grad_accum, args.effective_batch, Dist())
-    s = Settings(micro_batch=micro, block_size=pick_block_size(args.block_size, cfg.n_positions),
+    s = Settings(micro_batch=micro, block_size=block_size,
                  precision=precision, device=device.type, checkpointing=args.checkpointing,
                  attention_recompute=recompute, loss_chunk=loss_chunk, lora_rank=args.lora,
                  lora_targets=args.lora_targets, lora_dropout=args.lora_dropout, grad_accum=accum)
@@ -864,8 +872,9 @@ def main(args) -> int:
     s, notes = settings_for(args, cfg, device)
     memory, what = (args.memory, "--memory") if args.memory else device_memory(device)
 
-    def recompute(checkpointing):  # train.py's choice for each row of the table of options
-        return pick_attention_recompute(args.attention_recompute, device, checkpointing)[0]
+    def recompute(checkpointing, lora_rank):  # train.py's choice for each row of the table of options
+        return pick_attention_recompute(args.attention_recompute, device, checkpointing, s.block_size,
+                                        lora=bool(lora_rank))[0]
 
     print(format_plan(cfg, s, memory, lora=True, name=args.model, recompute=recompute))
     print(f"\nmemory to fit: {memory / MB:,.0f} MB ({what})")
@@ -983,27 +992,32 @@ def _lora_table() -> str:
 # Measured peaks (MB), to set the plan against in the docstring. CUDA: benchmarks/results/h200 (bench.py,
 # torch 2.11, an H200): gpt2, fp16, micro-batch x 1024 tokens. CPU: benchmarks/plan_check.py (train.py,
 # torch 2.13, x86-64 Linux, glibc): fp32, micro-batch x 256 tokens, train.py's flags beside its defaults.
-MEASURED_CUDA = [(2, 0, False, 3631), (2, 1024, False, 3207), (2, 2048, True, 2663), (8, 1024, True, 2869)]
-MEASURED_CPU = [("gpt2", 1, (), 2639), ("gpt2", 1, ("--loss-chunk", "0"), 2802),
-                ("gpt2", 1, ("--checkpointing",), 2549), ("gpt2", 1, ("--lora", "8"), 1351),
-                ("gpt2-medium", 1, (), 6513), ("gpt2-medium", 1, ("--loss-chunk", "0"), 6685),
-                ("gpt2-medium", 1, ("--checkpointing",), 6305), ("gpt2-medium", 1, ("--lora", "8"), 3137),
-                ("gpt2-medium", 1, ("--attention-recompute", "false"), 6831),
-                ("gpt2-medium", 4, (), 7634), ("gpt2-medium", 4, ("--lora", "8"), 5339)]
+# benchmarks/plan_check.py's measurements (MB) of the peaks in the docstring's last table:
+# CUDA on an H100 (benchmarks/results/h100), block 1024, bf16 (fp16 measured the same);
+# the CPU on the development machine, block 256, fp32.
+MEASURED_CUDA = [("gpt2", 1, (), 2691), ("gpt2", 1, ("--checkpointing",), 2269), ("gpt2", 4, (), 5482),
+                 ("gpt2", 4, ("--checkpointing",), 4090), ("gpt2-medium", 1, (), 6310),
+                 ("gpt2-medium", 1, ("--checkpointing",), 5681), ("gpt2-medium", 1, ("--lora", "8"), 3633),
+                 ("gpt2-medium", 4, (), 10842), ("gpt2-medium", 4, ("--checkpointing",), 7194),
+                 ("gpt2-xl", 1, ("--lora", "8", "--checkpointing"), 7304), ("gpt2-xl", 1, ("--lora", "8"), 12736),
+                 ("gpt2-xl", 1, ("--checkpointing",), 24571)]
+MEASURED_CPU = [("gpt2", 1, (), 2719), ("gpt2", 1, ("--lora", "8"), 1340),
+                ("gpt2-medium", 1, (), 6880), ("gpt2-medium", 1, ("--loss-chunk", "0"), 7058),
+                ("gpt2-medium", 1, ("--checkpointing",), 6295), ("gpt2-medium", 1, ("--lora", "8"), 2849),
+                ("gpt2-medium", 1, ("--attention-recompute", "true"), 6493),
+                ("gpt2-medium", 4, (), 8528), ("gpt2-medium", 4, ("--lora", "8"), 5260)]
 
 
 def _measured_table() -> str:
     lines = [f"    {'run (MB)':62} {'planned':>9} {'measured':>9}"]
-    for b, chunk, ckpt, mb in MEASURED_CUDA:
-        s = Settings(micro_batch=b, block_size=1024, precision="fp16", device="cuda", checkpointing=ckpt,
-                     loss_chunk=chunk)
-        label = f"H200, gpt2, fp16, {b} x 1024, " + _options_label(ckpt, chunk, 0)
-        lines.append(f"    {label:62} {plan(PRESETS['gpt2'], s).peak_mb:9,.0f} {mb:9,}")
-    for name, b, flags, mb in MEASURED_CPU:
-        args = train_parser().parse_args(["--precision", "fp32", "--block-size", "256", "--batch-size", str(b), *flags])
-        s, _ = settings_for(args, PRESETS[name], torch.device("cpu"))
-        label = f"CPU, {name}, fp32, {b} x 256, " + (" ".join(flags) or "defaults")
-        lines.append(f"    {label:62} {plan(PRESETS[name], s).peak_mb:9,.0f} {mb:9,}")
+    for device, precision, block, rows in (("cuda", "bf16", 1024, MEASURED_CUDA), ("cpu", "fp32", 256, MEASURED_CPU)):
+        for name, b, flags, mb in rows:
+            args = train_parser().parse_args(["--precision", precision, "--block-size", str(block),
+                                              "--batch-size", str(b), *flags])
+            s, _ = settings_for(args, PRESETS[name], torch.device(device))
+            where = "H100" if device == "cuda" else "CPU"
+            label = f"{where}, {name}, {precision}, {b} x {block}, " + (" ".join(flags) or "defaults")
+            lines.append(f"    {label:62} {plan(PRESETS[name], s).peak_mb:9,.0f} {mb:9,}")
     return "\n".join(lines)
 
 

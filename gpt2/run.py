@@ -7,8 +7,10 @@ reason where there was a choice:
 
     dist, device   distributed.setup: a single process, or one of torchrun's
     precision      precision.resolve: what --precision auto means on this machine
-    model          weights.load_pretrained, the memory options given to its constructor;
-                   with --lora, adapters added and everything else frozen (lora.py)
+    block size     --block-size, else the model's context (at most 1024)
+    model          weights.load_checkpoint, the memory options given to its constructor
+                   (some depend on the block size); with --lora, adapters added and
+                   everything else frozen (lora.py)
     tokenizer      the checkpoint's own files, else GPT-2's (tokenizer.py)
     blocks         data.build_datasets: the text cut into blocks of block_size tokens
     micro-batch    batch.choose_batch: --batch-size auto and --effective-batch
@@ -29,23 +31,29 @@ import torch
 from . import distributed
 from .batch import choose_batch, make_probe
 from .cli import BEST_METRICS
+from .config import GPT2Config
 from .data import build_datasets, default_cache_dir
 from .errors import UserError
-from .hub import ALIASES
+from .hub import ALIASES, resolve
 from .lora import add_lora, trainable_parameters
 from .model import GPT2
 from .precision import resolve_precision, use_tf32
 from .tokenizer import Tokenizer
 from .trainer import TrainConfig
-from .weights import load_pretrained
+from .weights import load_checkpoint
 
 
 # Rows of the LM head computed at once by default on the CPU (loss.py). Measured with
 # benchmarks/bench.py: see the README's performance section.
 DEFAULT_LOSS_CHUNK = 1024
-# Whether attention's T x T part is recomputed by default on the CPU (model.py); measured
-# with benchmarks/bench.py, see the README's performance section.
-DEFAULT_CPU_ATTENTION_RECOMPUTE = True
+# On the CPU, attention's T x T part is recomputed in backward (model.py) by default from
+# blocks of this many tokens on. The T x T tensors a block keeps grow with T squared, the
+# rest of its activations with T: for GPT-2's 64-wide heads the first outweigh the rest
+# from about 300 (bf16) to 470 (fp32) tokens. At block 1024 recomputing saves 3.5 GB
+# (124M, micro-batch 2) for 17 % of the speed; at block 256 it saves 0.1-0.3 GB and costs
+# 3-10 % (fp32) to 20 % (bf16) of the speed, so it is done there only with --lora
+# (pick_attention_recompute). See the README's performance section.
+CPU_ATTENTION_RECOMPUTE_FROM = 512
 
 
 @dataclass
@@ -68,14 +76,17 @@ def setup(args, lr) -> Run:
     precision, why = resolve_precision(args.precision, device)
     use_tf32(device)
     loss_chunk, chunk_why = pick_loss_chunk(args.loss_chunk, device)
-    recompute, recompute_why = pick_attention_recompute(args.attention_recompute, device, args.checkpointing)
     if not dist.is_main:
         dist.barrier()  # rank 0 downloads and tokenizes first (see the module docstring)
-    model, model_dir = load_pretrained(args.model, dropout=args.dropout, weights_dir=args.weights_dir,
-                                       checkpointing=args.checkpointing, loss_chunk=loss_chunk,
-                                       attention_recompute=recompute)
+    model_dir = resolve(args.model, args.weights_dir)  # a name is downloaded into weights/ (hub.py)
+    config = GPT2Config.from_json(os.path.join(model_dir, "config.json"))  # for the block size, before loading
+    block_size = pick_block_size(args.block_size, config.n_positions)
+    recompute, recompute_why = pick_attention_recompute(args.attention_recompute, device, args.checkpointing,
+                                                        block_size, lora=bool(args.lora))
+    model = load_checkpoint(model_dir, dropout=args.dropout, checkpointing=args.checkpointing,
+                            loss_chunk=loss_chunk, attention_recompute=recompute)
     tokenizer = Tokenizer.for_checkpoint(model_dir, model.config.vocab_size)
-    train_blocks, val_blocks, info = load_data(args, tokenizer, model.config.n_positions)
+    train_blocks, val_blocks, info = load_data(args, tokenizer, block_size)
     if dist.is_main:
         dist.barrier()  # the files are ready: let the others go
         print(info["summary"])
@@ -94,9 +105,8 @@ def setup(args, lr) -> Run:
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
 
 
-def load_data(args, tokenizer, n_positions):
+def load_data(args, tokenizer, block_size):
     """(training blocks, validation blocks or None, info): the text cut into blocks, capped as asked."""
-    block_size = pick_block_size(args.block_size, n_positions)
     train, val, info = build_datasets(args.train_file, args.validation_file, args.validation_split, block_size,
                                       tokenizer, args.cache_dir or default_cache_dir(),
                                       keep_linebreaks=args.keep_linebreaks)
@@ -109,21 +119,29 @@ def load_data(args, tokenizer, n_positions):
     return train, val, {**info, "train_blocks": len(train), "validation_blocks": 0 if val is None else len(val)}
 
 
-def pick_attention_recompute(asked, device, checkpointing):
+def pick_attention_recompute(asked, device, checkpointing, block_size, lora=False):
     """(recompute attention's T x T part in backward?, why); see model.py.
 
     Only the CPU keeps those tensors (with attention dropout it has no fused kernel),
     and --checkpointing recomputes whole blocks anyway. The recomputation is exact
-    (the same dropout masks), and applies only where attention dropout is on.
+    (the same dropout masks), and applies only where attention dropout is on. Below
+    CPU_ATTENTION_RECOMPUTE_FROM tokens it is done with --lora only: LoRA is chosen to
+    save memory, and with the weights frozen the T x T tensors are a large part of what
+    is left (gpt2-medium, 1 x 256, fp32: a LoRA run's peak 3,201 -> 2,754 MB).
     """
     if asked is not None:
         return asked, f"--attention-recompute {'on' if asked else 'off'}"
     if checkpointing:
         return False, "whole blocks recomputed (--checkpointing)"
-    if device.type == "cpu" and DEFAULT_CPU_ATTENTION_RECOMPUTE:
-        return True, ("T x T part recomputed in backward (with attention dropout the CPU keeps three T x T "
-                      "tensors per block; --attention-recompute false keeps them)")
-    return False, "the T x T part kept for backward" if device.type == "cpu" else "fused kernel (no T x T kept)"
+    if device.type != "cpu":
+        return False, "fused kernel (no T x T kept)"
+    if block_size >= CPU_ATTENTION_RECOMPUTE_FROM:
+        return True, (f"T x T part recomputed in backward (at block {block_size} the CPU's T x T tensors are most "
+                      f"of a block's activations; --attention-recompute false keeps them)")
+    if lora:
+        return True, "T x T part recomputed in backward (--lora: memory first; --attention-recompute false keeps them)"
+    return False, (f"the T x T part kept for backward (small at block {block_size}; recomputed by default from "
+                   f"block {CPU_ATTENTION_RECOMPUTE_FROM}, or with --lora)")
 
 
 def pick_loss_chunk(asked, device):

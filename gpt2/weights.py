@@ -45,7 +45,6 @@ from safetensors.torch import load_file, save_file
 from .config import GPT2Config
 from .errors import UserError
 from .files import atomic_path, library_write
-from .hub import resolve
 from .model import GPT2
 
 # Weights stored (in, out) by HF's Conv1D; nn.Linear wants (out, in).
@@ -276,15 +275,6 @@ def load_checkpoint(directory: str, dropout: float | None = None, **options) -> 
     model = GPT2(cfg, **options)
     _copy_into(model, _ours(_file_tensors(weights_path), weights_path), weights_path)
     return model
-
-
-def load_pretrained(name_or_path: str, dropout: float | None = None, weights_dir: str | None = None, **options):
-    """A model name (gpt2, org/name) or a checkpoint directory -> (model, directory).
-
-    Names are looked up in weights/ and downloaded there when missing (hub.py).
-    """
-    directory = resolve(name_or_path, weights_dir)
-    return load_checkpoint(directory, dropout, **options), directory
 
 
 def to_hf(model: GPT2) -> dict:

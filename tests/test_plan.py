@@ -261,8 +261,10 @@ def cpu_settings(**options):
     """The Settings train.py trains with on the CPU: its defaults, the chunked loss and attention_recompute."""
     from gpt2 import run
 
-    return plan.Settings(device="cpu", loss_chunk=run.DEFAULT_LOSS_CHUNK,
-                         attention_recompute=run.DEFAULT_CPU_ATTENTION_RECOMPUTE, **options)
+    recompute = run.pick_attention_recompute(None, torch.device("cpu"), options.get("checkpointing", False),
+                                             options.get("block_size", plan.Settings.block_size),
+                                             lora=bool(options.get("lora_rank")))[0]
+    return plan.Settings(device="cpu", loss_chunk=run.DEFAULT_LOSS_CHUNK, attention_recompute=recompute, **options)
 
 
 def test_plan_of_a_model_directory_reads_config_json_only(tmp_path, capsys):
@@ -281,8 +283,10 @@ def test_plan_of_a_model_directory_reads_config_json_only(tmp_path, capsys):
     assert written["peak_mb"] == round(plan.plan(cfg, s).peak_mb, 1)
     assert written["settings"] == {**asdict(s), "lora_targets": list(s.lora_targets)}
     assert written["largest_micro_batch"] == plan.largest_micro_batch(2 * 10**9, cfg, s)
-    # the table of options: train.py recomputes attention unless whole blocks are recomputed
-    assert all(row["attention_recompute"] == (not row["checkpointing"]) for row in written["combinations"])
+    # the table of options: at block 32 train.py recomputes attention with LoRA alone, and
+    # never where whole blocks are recomputed
+    assert all(row["attention_recompute"] == (row["lora_rank"] > 0 and not row["checkpointing"])
+               for row in written["combinations"])
 
 
 def test_plan_follows_train_py_defaults():
@@ -293,9 +297,15 @@ def test_plan_follows_train_py_defaults():
     args = train_parser().parse_args(["--plan", "--precision", "fp32"])
     s, notes = plan.settings_for(args, cfg, cpu)
     assert (s.loss_chunk, s.attention_recompute) == (run.pick_loss_chunk(None, cpu)[0],
-                                                     run.pick_attention_recompute(None, cpu, False)[0])
+                                                     run.pick_attention_recompute(None, cpu, False, 1024)[0])
+    assert s.attention_recompute  # block 1024 on the CPU: the T x T tensors are recomputed
     assert (s.micro_batch, s.block_size, s.precision) == (2, 1024, "fp32")
     assert notes[-1] == "parameters: 124,439,808 trainable of 124,439,808"
+    short = ["--precision", "fp32", "--block-size", "256"]
+    s, _ = plan.settings_for(train_parser().parse_args(short), cfg, cpu)
+    assert not s.attention_recompute  # block 256: kept (small, and recomputing costs speed)
+    s, _ = plan.settings_for(train_parser().parse_args(short + ["--lora", "8"]), cfg, cpu)
+    assert s.attention_recompute  # ... except with --lora, where memory comes first
     s, _ = plan.settings_for(train_parser().parse_args(["--precision", "fp32", "--checkpointing"]), cfg, cpu)
     assert s.checkpointing and not s.attention_recompute  # whole blocks are recomputed anyway
     s, _ = plan.settings_for(train_parser().parse_args(["--bf16", "--lora", "4", "--batch-size", "auto",
