@@ -19,8 +19,13 @@ same defaults as train.py, e.g. the chunked loss and attention_recompute on the 
     both      --loss-chunk 1024 --checkpointing
     lora      --lora 8
     keep      --attention-recompute false (attention's T x T tensors kept for backward)
+    lora_ckpt --lora 8 --checkpointing
+    recompute --attention-recompute true (the T x T part recomputed at any block size)
+    lora_recompute  --lora 8 --attention-recompute true
 
-With both default and lora, the ratio of their real peaks is printed too. On the CPU
+With both default and lora, the ratio of their real peaks is printed too. --alloc
+runs train.py after tuning glibc's malloc as bench.py's `alloc` option does (large
+blocks from the heap, kept for reuse instead of mmap()ed and returned). On the CPU
 the figure is the process's peak resident memory (ru_maxrss), on CUDA
 torch.cuda.max_memory_allocated: see plan.py's docstring for what each counts.
 
@@ -50,7 +55,9 @@ sys.path.insert(0, ROOT)
 
 RUNS = {"default": [], "plain": ["--loss-chunk", "0"], "chunk": ["--loss-chunk", "1024"],
         "ckpt": ["--checkpointing"], "both": ["--loss-chunk", "1024", "--checkpointing"], "lora": ["--lora", "8"],
-        "keep": ["--attention-recompute", "false"]}
+        "keep": ["--attention-recompute", "false"], "lora_ckpt": ["--lora", "8", "--checkpointing"],
+        "recompute": ["--attention-recompute", "true"],
+        "lora_recompute": ["--lora", "8", "--attention-recompute", "true"]}
 
 
 def make_model_dir(name, directory, seed=0):
@@ -98,9 +105,17 @@ def predict(argv):
     return plan.plan(cfg, s)
 
 
-def run_one(argv):
+# --alloc: train.py run after glibc's malloc is tuned as bench.py's "alloc" option does it
+# (large blocks from the heap, kept for reuse), to see what that does to the peaks.
+ALLOC_BOOT = ("import ctypes, runpy, sys; libc = ctypes.CDLL('libc.so.6'); "
+              "libc.mallopt(-3, 1 << 30); libc.mallopt(-1, 2**31 - 1); "
+              "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def run_one(argv, alloc=False):
     """One real training run; (its train_peak_memory_mb, wall seconds), or (None, s) if it failed."""
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *argv]
+    boot = ["-c", ALLOC_BOOT] if alloc else []
+    cmd = [sys.executable, *boot, os.path.join(ROOT, "train.py"), *argv]
     out = argv[argv.index("--out") + 1]
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.time()
@@ -222,6 +237,8 @@ def main(argv=None):
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
+    p.add_argument("--alloc", action="store_true",
+                   help="tune glibc's malloc in train.py's process first (bench.py's alloc option)")
     p.add_argument("--live", action="store_true", help="live tensors only, in this process (see above)")
     p.add_argument("--layers", type=int, help="with --live: this many blocks instead of the preset's")
     args = p.parse_args(argv)
@@ -236,7 +253,7 @@ def main(argv=None):
         for name in args.runs.split(","):
             argv = train_argv(args, model_dir, text, os.path.join(tmp, f"out_{name}"), RUNS[name])
             predicted = predict(argv)
-            real, seconds = run_one(argv)
+            real, seconds = run_one(argv, args.alloc)
             rows.append({"run": name, "flags": " ".join(RUNS[name]) or "(train.py's defaults)",
                          "plan_mb": round(predicted.peak_mb, 1), "plan_peak_at": predicted.peak_at,
                          "real_mb": real, "seconds": round(seconds),
