@@ -370,7 +370,8 @@ def _add_memory_args(g):
                    action=Switch, default=False, help="recompute activations in backward (less memory)")
     g.add_argument("--attention-recompute", dest="attention_recompute", action=Switch, default=None,
                    help="recompute attention's T x T part in backward instead of keeping it (default: on the "
-                        "CPU with attention dropout, where PyTorch keeps three T x T tensors per block)")
+                        "CPU at blocks of 512 and more, or with --lora; that is where PyTorch keeps three T x T "
+                        "tensors per block, with attention dropout)")
     g.add_argument("--loss-chunk", type=non_negative_int, default=None,
                    help="compute the LM head + loss this many positions at a time: the (batch x block x "
                         "50257) logits never exist at once (0: off; default: 1024 on the CPU, off on GPUs)")

@@ -33,7 +33,8 @@ never what it computes; skip them on a first reading:
   probabilities: 288 MB per block for 2 x 1024 tokens, 3.4 GB for GPT-2's twelve);
   recomputed, they exist one block at a time. The same random dropout mask is drawn
   again (checkpoint restores the random state). On CUDA the fused kernels keep no
-  T x T tensor in the first place.
+  T x T tensor in the first place. (train.py turns it on for the CPU at long blocks:
+  run.pick_attention_recompute.)
 * `loss_chunk`: the LM head and the loss a chunk of positions at a time (loss.py).
 
 Module and parameter names follow Hugging Face's `GPT2LMHeadModel` (transformer.wte,
