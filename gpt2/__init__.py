@@ -6,6 +6,6 @@ each opens with the idea it implements:
     the model        config -> model -> loss -> weights -> tokenizer -> data
     the training     precision -> trainer -> control -> checkpoint -> evaluation
     a run            run -> outdir (what train.py calls, in that order)
-    going further    distributed -> lora -> plan -> batch -> lr_finder -> sweep
+    going further    distributed -> lora -> plan -> attention -> batch -> lr_finder -> sweep
     around it        report -> compare -> hub -> files -> errors -> cli
 """

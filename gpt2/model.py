@@ -29,12 +29,12 @@ never what it computes; skip them on a first reading:
   during backward (a second forward pass through every block, ~30% more time).
 * `attention_recompute`: the same for attention's T x T part only. With attention
   dropout on the CPU, PyTorch has no fused kernel and keeps three (B, n_head, T, T)
-  tensors per block for backward (the softmax, the dropout mask, the dropped
-  probabilities: 288 MB per block for 2 x 1024 tokens, 3.4 GB for GPT-2's twelve);
-  recomputed, they exist one block at a time. The same random dropout mask is drawn
-  again (checkpoint restores the random state). On CUDA the fused kernels keep no
-  T x T tensor in the first place. (train.py turns it on for the CPU at long blocks:
-  run.pick_attention_recompute.)
+  fp32 tensors per block for backward (the softmax, the dropout noise, the dropped
+  probabilities: 300 MB per block for 2 x 1024 tokens, 3.6 GB for GPT-2's twelve).
+  attention.py keeps only the dropout mask, as bools, and rebuilds the softmax in
+  backward, one block at a time. On CUDA the fused kernels keep no T x T tensor in
+  the first place (there the option recomputes the fused kernel under checkpoint).
+  train.py turns it on for the CPU at long blocks: run.pick_attention_recompute.
 * `loss_chunk`: the LM head and the loss a chunk of positions at a time (loss.py).
 
 Module and parameter names follow Hugging Face's `GPT2LMHeadModel` (transformer.wte,
@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from .attention import keep_mask_attention
 
 from .config import GPT2Config
 from .loss import chunked_lm_loss, cross_entropy, next_token_targets
@@ -88,7 +90,10 @@ class CausalSelfAttention(nn.Module):
         attention = dict(attn_mask=self._cache_mask(past, T, x.device), is_causal=past == 0,
                          dropout_p=self.attn_pdrop if self.training else 0.0)
         if self.recompute and self.training and self.attn_pdrop > 0 and torch.is_grad_enabled():  # see the top
-            y = checkpoint(F.scaled_dot_product_attention, q, k, v, use_reentrant=False, **attention)
+            if q.device.type == "cpu" and past == 0:
+                y = keep_mask_attention(q, k, v, self.attn_pdrop)  # attention.py: only the mask is kept
+            else:
+                y = checkpoint(F.scaled_dot_product_attention, q, k, v, use_reentrant=False, **attention)
         else:
             y = F.scaled_dot_product_attention(q, k, v, **attention)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again

@@ -126,11 +126,42 @@ def test_checkpointing_matches_plain_path(dropout):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_attention_recompute_matches_plain_path(dropout):
-    """Attention's T x T part recomputed in backward: the same loss and gradients, bit for bit
-    (the recomputation draws the same dropout mask)."""
+    """Attention's T x T part rebuilt in backward (attention.py): the same loss and gradients
+    to rounding (it draws the same dropout mask as the plain path)."""
     ids, labels = ids_and_labels()
     plain = loss_and_grads(tiny_model(dropout), ids, labels)
-    assert_same(plain, loss_and_grads(tiny_model(dropout, attention_recompute=True), ids, labels), tol=0.0)
+    assert_same(plain, loss_and_grads(tiny_model(dropout, attention_recompute=True), ids, labels), tol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keep_mask_attention_is_the_math_path_with_its_dropout_mask(p, dtype):
+    """The same random state: the same dropped entries as F.scaled_dot_product_attention's math
+    path, so outputs and gradients agree to rounding; in fp32 (as that path computes under
+    autocast), with gradients in the inputs' dtype; and backward keeps q, k, v and a bool mask."""
+    import torch.nn.functional as F
+
+    from gpt2.attention import keep_mask_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 19, 8, dtype=dtype, requires_grad=True) for _ in range(3))
+    dy = torch.randn(2, 3, 19, 8)
+
+    def run(attend):
+        torch.manual_seed(7)
+        y = attend(q, k, v)
+        return (y.float(), *torch.autograd.grad(y, (q, k, v), dy.to(y.dtype)))
+
+    ref = run(lambda *t: F.scaled_dot_product_attention(*(x.float() for x in t), is_causal=True, dropout_p=p))
+    got = run(lambda *t: keep_mask_attention(*t, p))
+    assert got[0].dtype == torch.float32 and all(g.dtype == dtype for g in got[1:])
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the gradients' final rounding
+    for a, b in zip(ref, got):
+        assert (a.float() - b.float()).abs().max().item() <= tol
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        keep_mask_attention(q, k, v, p)
+    assert sorted(str(t.dtype) for t in kept) == ["torch.bool"] + ["torch.float32"] * 3
 
 
 # --- --batch-size auto -----------------------------------------------------------------
