@@ -65,7 +65,8 @@ attention dropout of 0.1, PyTorch falls back to its "math" path, which keeps the
 fp32: 12 x nh x T bytes per token, growing with T. At T = 1024 that is 147 KB per
 token and block, three times the rest. With --dropout 0 the fused CPU kernel runs;
 model.py's attention_recompute (--attention-recompute, train.py's default on the
-CPU) keeps only attention's input instead, and rebuilds the rest in backward. (And
+CPU from block 512 and with --lora) keeps attention's input (fp32) and the dropout
+mask as bools, 1 byte per entry, and rebuilds the rest in backward (attention.py). (And
 the CPU's dropout keeps its mask as fp32 numbers, CUDA's as bools.) For all 12 blocks:
 
     gpt2, B x T                   CUDA bf16      CPU fp32, dropout 0    CPU fp32, dropout 0.1      CUDA, checkpointing
@@ -177,14 +178,14 @@ back). Planned and measured peaks:
     H100, gpt2-xl, bf16, 1 x 1024, --lora 8                           12,536    12,736
     H100, gpt2-xl, bf16, 1 x 1024, --checkpointing                    24,445    24,571
     CPU, gpt2, fp32, 1 x 256, defaults                                 2,653     2,719
-    CPU, gpt2, fp32, 1 x 256, --lora 8                                 1,160     1,340
+    CPU, gpt2, fp32, 1 x 256, --lora 8                                 1,169     1,338
     CPU, gpt2-medium, fp32, 1 x 256, defaults                          6,507     6,880
     CPU, gpt2-medium, fp32, 1 x 256, --loss-chunk 0                    6,507     7,058
     CPU, gpt2-medium, fp32, 1 x 256, --checkpointing                   6,507     6,295
-    CPU, gpt2-medium, fp32, 1 x 256, --lora 8                          2,572     2,849
-    CPU, gpt2-medium, fp32, 1 x 256, --attention-recompute true        6,507     6,493
+    CPU, gpt2-medium, fp32, 1 x 256, --lora 8                          2,596     2,791
+    CPU, gpt2-medium, fp32, 1 x 256, --attention-recompute true        6,507     6,558
     CPU, gpt2-medium, fp32, 4 x 256, defaults                          9,198     8,528
-    CPU, gpt2-medium, fp32, 4 x 256, --lora 8                          5,173     5,260
+    CPU, gpt2-medium, fp32, 4 x 256, --lora 8                          5,269     5,264
 
 (Every row is a real `train.py` run, by benchmarks/plan_check.py. CUDA: an H100, torch
 2.11, benchmarks/results/h100 (fp16 gave the same figures as bf16); CPU: the development
@@ -375,8 +376,10 @@ def _attention_terms(cfg: GPT2Config, s: Settings, c_proj_input: int) -> tuple:
     """(q k v, T x T part, output) that attention keeps, given what attn c_proj keeps of its input."""
     N, C, a = _tokens(s), cfg.n_embd, _act_bytes(s)
     B, T, H = s.micro_batch, s.block_size, cfg.n_head
-    if _recomputes(cfg, s):  # the checkpoint keeps q, k, v (views of c_attn's output) and nothing inside
-        return 3 * N * C * a, 0, c_proj_input
+    if _recomputes(cfg, s):
+        if s.device == "cpu":  # attention.py: fp32 q, k, v and the dropout mask as bools
+            return 3 * N * C * 4, B * H * T * T, c_proj_input
+        return 3 * N * C * a, 0, c_proj_input  # the checkpoint keeps q, k, v (views of c_attn's output)
     if attention_kernel(cfg, s) == "math":  # fp32 copies of q, k, v and three fp32 (B, nh, T, T) tensors
         return 3 * N * C * 4, 3 * B * H * T * T * 4, c_proj_input
     # The fused kernel keeps its output, which is c_proj's input too, unless a LoRA dropout
@@ -1001,11 +1004,11 @@ MEASURED_CUDA = [("gpt2", 1, (), 2691), ("gpt2", 1, ("--checkpointing",), 2269),
                  ("gpt2-medium", 4, (), 10842), ("gpt2-medium", 4, ("--checkpointing",), 7194),
                  ("gpt2-xl", 1, ("--lora", "8", "--checkpointing"), 7304), ("gpt2-xl", 1, ("--lora", "8"), 12736),
                  ("gpt2-xl", 1, ("--checkpointing",), 24571)]
-MEASURED_CPU = [("gpt2", 1, (), 2719), ("gpt2", 1, ("--lora", "8"), 1340),
+MEASURED_CPU = [("gpt2", 1, (), 2719), ("gpt2", 1, ("--lora", "8"), 1338),
                 ("gpt2-medium", 1, (), 6880), ("gpt2-medium", 1, ("--loss-chunk", "0"), 7058),
-                ("gpt2-medium", 1, ("--checkpointing",), 6295), ("gpt2-medium", 1, ("--lora", "8"), 2849),
-                ("gpt2-medium", 1, ("--attention-recompute", "true"), 6493),
-                ("gpt2-medium", 4, (), 8528), ("gpt2-medium", 4, ("--lora", "8"), 5260)]
+                ("gpt2-medium", 1, ("--checkpointing",), 6295), ("gpt2-medium", 1, ("--lora", "8"), 2791),
+                ("gpt2-medium", 1, ("--attention-recompute", "true"), 6558),
+                ("gpt2-medium", 4, (), 8528), ("gpt2-medium", 4, ("--lora", "8"), 5264)]
 
 
 def _measured_table() -> str:

@@ -49,10 +49,10 @@ DEFAULT_LOSS_CHUNK = 1024
 # On the CPU, attention's T x T part is recomputed in backward (model.py) by default from
 # blocks of this many tokens on. The T x T tensors a block keeps grow with T squared, the
 # rest of its activations with T: for GPT-2's 64-wide heads the first outweigh the rest
-# from about 300 (bf16) to 470 (fp32) tokens. At block 1024 recomputing saves 3.5 GB
-# (124M, micro-batch 2) for 17 % of the speed; at block 256 it saves 0.1-0.3 GB and costs
-# 3-10 % (fp32) to 20 % (bf16) of the speed, so it is done there only with --lora
-# (pick_attention_recompute). See the README's performance section.
+# from about 300 (bf16) to 470 (fp32) tokens. At block 1024 recomputing saves 3.2 GB
+# (124M, micro-batch 2, fp32) for 13 % of the speed; at block 256 it saves 0.15 GB for
+# 5-8 %, so it is done there only with --lora (pick_attention_recompute). See the
+# README's performance section.
 CPU_ATTENTION_RECOMPUTE_FROM = 512
 
 
@@ -127,7 +127,7 @@ def pick_attention_recompute(asked, device, checkpointing, block_size, lora=Fals
     (the same dropout masks), and applies only where attention dropout is on. Below
     CPU_ATTENTION_RECOMPUTE_FROM tokens it is done with --lora only: LoRA is chosen to
     save memory, and with the weights frozen the T x T tensors are a large part of what
-    is left (gpt2-medium, 1 x 256, fp32: a LoRA run's peak 3,201 -> 2,754 MB).
+    is left (gpt2-medium, 1 x 256, fp32: a LoRA run's peak 3,201 -> 2,791 MB).
     """
     if asked is not None:
         return asked, f"--attention-recompute {'on' if asked else 'off'}"
