@@ -100,29 +100,27 @@ def ours_cmd(args, model_dir, text, cache, out, extra_flags=(), python=()):
             "--precision", "fp32", "--cache-dir", cache, "--out", out, *extra_flags]
 
 
-def run_ours(args, model_dir, text, cache, out, extra=()):
-    cmd = ours_cmd(args, model_dir, text, cache, out, [*args.ours_flags.split(), *extra])
+def run_timed(cmd, results_file):
+    """Run cmd; its results (results_file, JSON) and wall seconds, or its error."""
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.time() - t0
     if proc.returncode != 0:
         return {"error": proc.stderr[-3000:], "wall_s": wall}
-    with open(os.path.join(out, "train_results.json")) as f:
-        r = json.load(f)
-    return {**r, "wall_s": wall, "command": " ".join(cmd), "stdout_tail": proc.stdout[-1500:]}
+    with open(results_file) as f:
+        return {**json.load(f), "wall_s": wall, "command": " ".join(cmd), "stdout_tail": proc.stdout[-1500:]}
+
+
+def run_ours(args, model_dir, text, cache, out, extra=()):
+    cmd = ours_cmd(args, model_dir, text, cache, out, [*args.ours_flags.split(), *extra])
+    return run_timed(cmd, os.path.join(out, "train_results.json"))
 
 
 def run_trainer(args, model_dir, text, cache, out):
     os.makedirs(out, exist_ok=True)
     script = TRAINER_SCRIPT.format(root=ROOT)
     cmd = [sys.executable, "-c", script, model_dir, text, cache, out, str(args.block_size), str(args.seed)]
-    t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-3000:], "wall_s": wall}
-    with open(os.path.join(out, "trainer_results.json")) as f:
-        return {**json.load(f), "wall_s": wall}
+    return run_timed(cmd, os.path.join(out, "trainer_results.json"))
 
 
 def main(argv=None):
