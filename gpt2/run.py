@@ -136,11 +136,12 @@ def pick_attention_recompute(asked, device, checkpointing, block_size, lora=Fals
     if device.type != "cpu":
         return False, "fused kernel (no T x T kept)"
     if block_size >= CPU_ATTENTION_RECOMPUTE_FROM:
-        return True, (f"T x T part recomputed in backward (at block {block_size} the CPU's T x T tensors are most "
-                      f"of a block's activations; --attention-recompute false keeps them)")
+        return True, (f"T x T part rebuilt in backward from q, k and the dropout mask (at block {block_size} the "
+                      f"CPU's T x T tensors are most of a block's activations; --attention-recompute false keeps them)")
     if lora:
-        return True, "T x T part recomputed in backward (--lora: memory first; --attention-recompute false keeps them)"
-    return False, (f"the T x T part kept for backward (small at block {block_size}; recomputed by default from "
+        return True, ("T x T part rebuilt in backward from q, k and the dropout mask (--lora: memory first; "
+                      "--attention-recompute false keeps them)")
+    return False, (f"the T x T part kept for backward (small at block {block_size}; rebuilt by default from "
                    f"block {CPU_ATTENTION_RECOMPUTE_FROM}, or with --lora)")
 
 
