@@ -79,11 +79,11 @@ def setup(args, lr) -> Run:
     if not dist.is_main:
         dist.barrier()  # rank 0 downloads and tokenizes first (see the module docstring)
     model_dir = resolve(args.model, args.weights_dir)  # a name is downloaded into weights/ (hub.py)
-    config = GPT2Config.from_json(os.path.join(model_dir, "config.json"))  # for the block size, before loading
+    config = GPT2Config.from_json(os.path.join(model_dir, "config.json"))  # read before the model: it decides
     block_size = pick_block_size(args.block_size, config.n_positions)
     recompute, recompute_why = pick_attention_recompute(args.attention_recompute, device, args.checkpointing,
                                                         block_size, lora=bool(args.lora))
-    model = load_checkpoint(model_dir, dropout=args.dropout, checkpointing=args.checkpointing,
+    model = load_checkpoint(model_dir, dropout=args.dropout, config=config, checkpointing=args.checkpointing,
                             loss_chunk=loss_chunk, attention_recompute=recompute)
     tokenizer = Tokenizer.for_checkpoint(model_dir, model.config.vocab_size)
     train_blocks, val_blocks, info = load_data(args, tokenizer, block_size)

@@ -252,15 +252,17 @@ def load_into(model: GPT2, tensors: dict, path: str, config_path: str = "config.
     _copy_into(model, _ours(tensors.items(), path), path)
 
 
-def load_checkpoint(directory: str, dropout: float | None = None, **options) -> GPT2:
+def load_checkpoint(directory: str, dropout: float | None = None, config: GPT2Config | None = None,
+                    **options) -> GPT2:
     """Build a GPT2 from a directory with config.json and model.safetensors.
 
-    options: the model's memory options (checkpointing, loss_chunk; see model.py).
+    config: its config.json when the caller has read it already (run.py decides options
+    from it); options: the model's memory options (checkpointing, loss_chunk; see model.py).
     """
     if not os.path.isdir(directory):
         raise UserError(f"{directory}: no such directory")
     config_path = os.path.join(directory, "config.json")
-    cfg = GPT2Config.from_json(config_path)
+    cfg = config if config is not None else GPT2Config.from_json(config_path)
     if dropout is not None:
         cfg = cfg.with_dropout(dropout)
     weights_path = os.path.join(directory, "model.safetensors")
