@@ -87,7 +87,8 @@ def check_model_arg(name: str) -> None:
     else:
         status = run_status(os.path.expanduser(name))
         state = status.get("status")
-        why = f" (status.json: {state}: {status.get('reason')})" if state else ""
+        reason = f": {status['reason']}" if status.get("reason") else ""
+        why = f" (status.json: {state}{reason})" if state else ""
         if not os.path.isfile(os.path.join(os.path.expanduser(name), "model.safetensors")):
             raise UserError(f"{name}: no model.safetensors in this directory, so no model to load{why}")
         if state in ("running", "saving", "stopped", "failed"):

@@ -69,6 +69,7 @@ def train(args, lr):
             if state:
                 checkpoint.load(trainer, state)
                 trainer.print(f"resuming at step {trainer.step} of {trainer.total_steps}")
+            out.start()
             train_metrics = trainer.train()
             if trainer.stop_reason == "interrupted":
                 out.set_status("interrupted", step=trainer.step)

@@ -199,9 +199,9 @@ def _check_parts(s, path, t):
                                              else s["window_loss"])]
     if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
         raise UserError(f"{path}: not a usable training state (a non-finite or non-numeric loss or rate)")
-    if not (0 <= s["skipped"] <= s["step"] <= t.total_steps and 0 <= s["window_steps"] <= s["step"]):
+    if not (0 <= s["skipped"] <= s["step"] and 0 <= s["window_steps"] <= s["step"]):
         raise UserError(f"{path}: not a usable training state (step {s['step']}, skipped {s['skipped']}, "
-                        f"window {s['window_steps']}, for a run of {t.total_steps} steps)")
+                        f"window {s['window_steps']})")
     for key, kinds in (("model_config", dict), ("data", (dict, type(None))), ("lora", (dict, type(None))),
                        ("best", (list, tuple, type(None))), ("data_shape", (list, type(None)))):
         if not isinstance(s.get(key), kinds):
@@ -240,6 +240,8 @@ def load(t, path):
     diff = _differences(t, s)
     if diff:
         raise UserError(f"--resume: this command differs from the interrupted run: {', '.join(diff)}")
+    if s["step"] > t.total_steps:  # the same command, and past its end: not a state save() wrote
+        raise UserError(f"{path}: not a usable training state (step {s['step']} of a run of {t.total_steps} steps)")
     _check_optimizer(s["optimizer"], t.optimizer, path)  # the same run: now its moments must fit
     try:
         _apply(t, s)

@@ -99,13 +99,14 @@ class RunDir:
     def __init__(self, path, is_main=True):
         self.path, self.is_main = path, is_main
         self._lock = None
+        self._started = False
 
     def file(self, name):
         return os.path.join(self.path, name)
 
     # --- the run's claim on the directory --------------------------------------------
     def claim(self, overwrite=False, state=None, need_bytes=0, add=False):
-        """Lock the directory for this run, clean it, check the disk; status "running".
+        """Lock the directory for this run, clean it, check the disk (start() marks it running).
 
         state: the resumable state the run continues from (see `check`). add: only add
         result files beside what is there (--do_eval alone): nothing is removed.
@@ -125,11 +126,16 @@ class RunDir:
             check(self.path, overwrite, state)  # again, under the lock: another run may have just begun
             _check_room(self.path, need_bytes)  # before anything is removed: a refusal loses nothing
             self._clean(keep_results=continues(state, self.path))
-            self.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time())
         except BaseException:
             self.release()
             raise
         return self
+
+    def start(self):
+        """status "running": from here on the directory is this run's, and a failure is recorded.
+        (Until then, a command refused on its --resume state leaves status.json as it was.)"""
+        self._started = True
+        self.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time())
 
     def release(self):
         if self._lock is not None:
@@ -163,6 +169,8 @@ class RunDir:
 
     def record_failure(self, status, message):
         """status.json for a run that ends in an error; never raises (the error itself must be seen)."""
+        if not self._started:
+            return  # refused before it began: the directory still describes what was there
         try:
             self.set_status(status, reason=message.split("; ")[0] or status, message=message)
         except OSError:

@@ -208,8 +208,16 @@ def test_resume_refuses_a_different_command(tiny_ckpt, text_file, tmp_path):
     common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--max-steps", 4,
               "--save-every", 2, "--no-progress", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o"]
     run_python(killer, *common, "--lr", "1e-3", env={"KILL_AT": "2"})
+    def files():  # the run's files; the killed run's .lock is taken over and removed (outdir.py)
+        return {f.name: f.read_bytes() for f in (tmp_path / "o").iterdir() if f.name != ".lock"}
+
+    before = files()
     p = run_train(*common, "--lr", "1e-4", "--resume", check=False)
     assert p.returncode == 2 and "lr" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    # refused before the run began: every file as it was, status.json included
+    assert files() == before and "status.json" in before
+    p = run_train(*common, "--lr", "1e-4", "--max-steps", 1, "--resume", check=False)  # a run ending before step 2
+    assert p.returncode == 2 and "max_steps" in p.stderr and "not a usable" not in p.stderr
 
 
 def test_resume_refuses_what_else_changes_the_weights(tiny_ckpt, tmp_path):
