@@ -18,17 +18,18 @@ from types import SimpleNamespace
 
 import torch
 
-from gpt2.cli import evaluate_parser
-from gpt2.compare import comparison_rows, format_table, is_run_dir, plot_curves
-from gpt2.data import build_datasets, default_cache_dir, load_token_ids, make_blocks
+from harness.cli import evaluate_parser
+from harness.compare import comparison_rows, format_table, is_run_dir, plot_curves
+from gpt2.data import make_blocks
+from harness.datasets import build_datasets, default_cache_dir, load_token_ids
 from gpt2.errors import UserError, run_cli
 from gpt2.evaluation import evaluate
 from gpt2.files import read_json, write_json
-from gpt2.hub import ALIASES, is_hub_id, resolve
-from gpt2.outdir import run_status
+from harness.hub import ALIASES, is_hub_id, resolve
+from harness.outdir import run_status
 from gpt2.precision import autocast, pick_device, resolve_precision
-from gpt2.report import metrics_block
-from gpt2.run import pick_block_size
+from harness.report import metrics_block
+from harness.run import pick_block_size
 from gpt2.tokenizer import Tokenizer
 from gpt2.weights import load_checkpoint
 

@@ -7,8 +7,8 @@
     python train.py --model gpt2-xl --lora 8 --checkpointing --plan  # will it fit? (no download)
 
 run_clm.py's flags are accepted too (see README: "From run_clm.py"). One run reads
-top to bottom: parse the flags, set up (gpt2/run.py), train (gpt2/trainer.py: the
-loop), save (gpt2/outdir.py: the run directory).
+top to bottom: parse the flags, set up (harness/run.py), train (gpt2/trainer.py: the
+loop), save (harness/outdir.py: the run directory).
 """
 
 import os
@@ -16,14 +16,15 @@ import sys
 
 import torch
 
-from gpt2 import checkpoint, hub, lr_finder, outdir, plan, sweep
-from gpt2.cli import train_parser
-from gpt2.control import Interrupt
+from gpt2 import checkpoint
+from harness import hub, lr_finder, outdir, plan, sweep
+from harness.cli import train_parser
+from harness.signals import Interrupt
 from gpt2.errors import UserError, run_cli
 from gpt2.evaluation import evaluate
 from gpt2.lora import merged_model, save_adapter
-from gpt2.report import Logger, metrics_block, summary_writer_class
-from gpt2.run import describe, setup
+from harness.report import Logger, metrics_block, summary_writer_class
+from harness.run import describe, setup
 from gpt2.trainer import Trainer
 from gpt2.weights import save_checkpoint
 

@@ -27,8 +27,8 @@ both = ours,hf; all = ours,hf,trainer):
 ours runs with the options of --ours-opts:
 
     default         exactly what train.py picks on this device with no flags: the loss
-                    chunk of gpt2.run.pick_loss_chunk, the attention recompute of
-                    gpt2.run.pick_attention_recompute (options after it override it)
+                    chunk of harness.run.pick_loss_chunk, the attention recompute of
+                    harness.run.pick_attention_recompute (options after it override it)
     chunk[=N]       the chunked LM-head loss, N positions at a time (default 1024; 0: off)
     recompute[=0|1] attention's T x T part recomputed in backward (model.py)
     checkpointing   activation checkpointing per block
@@ -193,8 +193,8 @@ def parse_env_opts(text, flag):
 
 
 def default_opts(opts, device, block_size):
-    """--ours-opts default: the loss chunk and attention recompute train.py picks with no flags (gpt2/run.py)."""
-    from gpt2.run import pick_attention_recompute, pick_loss_chunk
+    """--ours-opts default: the loss chunk and attention recompute train.py picks with no flags (harness/run.py)."""
+    from harness.run import pick_attention_recompute, pick_loss_chunk
 
     opts = dict(opts)
     if opts["chunk"] is None:
@@ -351,7 +351,7 @@ def run_worker(side, args):
     B = args.batch_size
     if side == "ours" and args.ours_batch_size:
         if args.ours_batch_size == "auto":
-            from gpt2.batch import find_micro_batch, make_probe
+            from harness.batch import find_micro_batch, make_probe
 
             if not cuda:
                 raise SystemExit("--ours-batch-size auto needs a CUDA device")

@@ -1,4 +1,4 @@
-"""Measure: real training runs' peak memory against gpt2/plan.py's prediction.
+"""Measure: real training runs' peak memory against harness/plan.py's prediction.
 
     python benchmarks/plan_check.py                        # gpt2-medium, CPU, fp32, 1 x 256, four runs
     python benchmarks/plan_check.py --model gpt2 --runs default,lora --block-size 512 --batch-size 2
@@ -96,8 +96,8 @@ def predict(argv):
     """plan.plan for these train.py flags, resolved as `train.py --plan` resolves them."""
     import torch
 
-    from gpt2 import plan
-    from gpt2.cli import train_parser
+    from harness import plan
+    from harness.cli import train_parser
 
     a = train_parser().parse_args(argv)
     cfg = plan.model_config(a.model)
@@ -189,8 +189,8 @@ def live_peak(cfg, s):
 def live_main(args):
     import torch
 
-    from gpt2 import plan
-    from gpt2.cli import train_parser
+    from harness import plan
+    from harness.cli import train_parser
     from gpt2.config import PRESETS
 
     cfg = PRESETS[args.model]

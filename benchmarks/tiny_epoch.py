@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import transformers
 from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
-from gpt2.data import build_datasets
+from harness.datasets import build_datasets
 from gpt2.tokenizer import Tokenizer
 
 transformers.logging.set_verbosity_error()
@@ -88,7 +88,7 @@ def make_model_dir(directory, seed=0):
 
 
 def write_demo_text(path):
-    from gpt2.data import demo_text
+    from harness.datasets import demo_text
 
     with open(path, "w", encoding="utf-8") as f:
         f.write(demo_text()[1])

@@ -32,8 +32,6 @@ moments, and a NaN may appear on one process only, so both are put to a vote
 
 import contextlib
 import os
-import signal
-import sys
 import time
 
 import torch
@@ -41,58 +39,21 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .errors import NonFiniteLoss
-from .report import Logger
+from harness.report import Logger
 
 REASONS = ("completed", "early_stopping", "interrupted")
 FP16_SKIPS_IN_A_ROW = 25  # the scaler halved 65536 down to 0.002: the model has diverged
 
 
-class Interrupt:
-    """Ctrl-C as a request to stop, for as long as the `with` block lasts.
-
-    The first Ctrl-C sets `requested`; whoever is running decides what to keep (the
-    loop finishes its step and saves a resumable state; the final evaluation is
-    skipped, the model is saved already). A second Ctrl-C means "now": it raises
-    KeyboardInterrupt, which the command line reports in one line (exit 130).
-    `with` blocks may nest (train.py holds one for the whole run, Trainer.train one
-    for the loop): each restores the handler it found.
-    """
-
-    def __init__(self, announce=True):
-        self.requested = False
-        self.announce = announce  # under torchrun only rank 0 prints
-        self._previous = []
-        self._deferring = self._pending = False
+class NoInterrupt:
+    """The stand-in when nobody turns signals into requests (a Trainer in a test or a notebook)."""
+    requested = False
 
     def __enter__(self):
-        self._previous.append(signal.signal(signal.SIGINT, self._on_sigint))
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous.pop())
         return False
-
-    @contextlib.contextmanager
-    def deferred(self):
-        """A block a second Ctrl-C does not cut (the final model being written): it stops right after."""
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-        if self._pending:
-            raise KeyboardInterrupt
-
-    def _on_sigint(self, signum, frame):
-        if self.requested:
-            if self._deferring:
-                self._pending = True
-                return
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.announce:
-            print("\nCtrl-C: stopping after this step and keeping what was done (press again to abort at once)",
-                  file=sys.stderr)
 
 
 class RunControl:

@@ -82,7 +82,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from .control import Interrupt, RunControl
+from .control import NoInterrupt, RunControl
 from .data import epoch_permutation, to_batch
 from .distributed import Dist
 from .evaluation import evaluate
@@ -201,7 +201,7 @@ class Trainer:
         self.skipped_in_a_row = 0
         self.lr_used = cfg.lr     # the rate of the last step, for the log
         self.stop_reason = None   # after train(): "completed", "early_stopping" or "interrupted"
-        self.control = RunControl(cfg, dist, device, interrupt or Interrupt(announce=dist.is_main), self.print,
+        self.control = RunControl(cfg, dist, device, interrupt or NoInterrupt(), self.print,
                                   logger)
         self._perm = (None, None)  # (epoch, its permutation of the blocks)
 

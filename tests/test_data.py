@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gpt2 import data
+from harness import datasets, textfiles
 from gpt2.errors import UserError
 from gpt2.tokenizer import Tokenizer
 
@@ -45,15 +46,15 @@ def user_error(fn, *args) -> str:
 # --- splitting and tokenizing -------------------------------------------------
 
 def test_split_lines_like_the_datasets_text_loader():
-    assert data.split_lines("a\n\nb") == ["a\n", "\n", "b"]
-    assert data.split_lines("a\nb\n") == ["a\n", "b\n"]          # no empty last line
-    assert data.split_lines("\n\n") == ["\n", "\n"]
-    assert data.split_lines("") == []
+    assert textfiles.split_lines("a\n\nb") == ["a\n", "\n", "b"]
+    assert textfiles.split_lines("a\nb\n") == ["a\n", "b\n"]          # no empty last line
+    assert textfiles.split_lines("\n\n") == ["\n", "\n"]
+    assert textfiles.split_lines("") == []
     # Text-mode reading turns "\r\n" and "\r" into "\n".
-    assert data.split_lines("a\r\nb\rc") == ["a\n", "b\n", "c"]
+    assert textfiles.split_lines("a\r\nb\rc") == ["a\n", "b\n", "c"]
     # Only "\n" splits; str.splitlines would also split on these.
     odd = "x\u2028y\x0cz\x85w\x1ev"
-    assert data.split_lines(odd) == [odd]
+    assert textfiles.split_lines(odd) == [odd]
     assert len(odd.splitlines()) > 1
 
 
@@ -61,7 +62,7 @@ def test_tokenize_lines_tokenizes_each_line_on_its_own(tok):
     text = "def f():\n\n    return 1\n\n\nend"
     lines = ["def f():\n", "\n", "    return 1\n", "\n", "\n", "end"]
     by_hand = list(chain.from_iterable(tok.encode(line) for line in lines))
-    ids = data.tokenize_lines(text, tok)
+    ids = datasets.tokenize_lines(text, tok)
     assert ids.dtype == np.uint16
     assert ids.tolist() == by_hand
     # A blank line is two 198s ("\n", "\n"), never the 628 ("\n\n") that tokenizing the
@@ -69,15 +70,15 @@ def test_tokenize_lines_tokenizes_each_line_on_its_own(tok):
     assert 628 in tok.encode(text)
     assert 628 not in ids.tolist()
     assert ids.tolist()[3:5] == [198, 198] and ids.tolist()[10:13] == [198, 198, 198]
-    assert data.tokenize_lines("a\n\nb", tok).tolist() == [64, 198, 198, 65]
+    assert datasets.tokenize_lines("a\n\nb", tok).tolist() == [64, 198, 198, 65]
 
 
 def test_tokenize_lines_in_chunks_gives_the_same_ids(tok, monkeypatch):
     text = "".join(f"line {i}\n" if i % 3 else "\n" for i in range(50)) + "tail"
-    whole = data.tokenize_lines(text, tok)
+    whole = datasets.tokenize_lines(text, tok)
     monkeypatch.setattr(data, "ENCODE_CHUNK_LINES", 7)
-    assert data.tokenize_lines(text, tok).tolist() == whole.tolist()
-    assert data.tokenize_lines("", tok).size == 0
+    assert datasets.tokenize_lines(text, tok).tolist() == whole.tolist()
+    assert datasets.tokenize_lines("", tok).size == 0
 
 
 def run_clm_blocks(path, tok, block_size):
@@ -110,7 +111,7 @@ def test_blocks_match_run_clm_group_texts(tok, tmp_path):
     path = write(tmp_path / "t.txt", MIXED_TEXT)
     for block_size in (1, 5, 16):
         expected = run_clm_blocks(path, tok, block_size)
-        train, val, info = data.build_datasets(str(path), None, 0, block_size, tok, None)
+        train, val, info = datasets.build_datasets(str(path), None, 0, block_size, tok, None)
         assert val is None
         assert train.tolist() == expected["input_ids"]
         assert expected["labels"] == expected["input_ids"]  # the model does the shifting
@@ -152,13 +153,13 @@ def test_records_holding_the_lines_give_the_txt_ids(tok, tmp_path):
     json_list = write(tmp_path / "t.json", json.dumps(
         [{"id": i, "text": line} for i, line in enumerate(lines)], indent=2))
     csv_file = write_csv(tmp_path / "t.csv", ["id", "text"], list(enumerate(lines)))
-    expected = data.load_token_ids(str(txt), tok, None)
+    expected = datasets.load_token_ids(str(txt), tok, None)
     for path in (jsonl, json_list, csv_file):
-        assert data.read_texts(str(path)) == lines
-        ids = data.load_token_ids(str(path), tok, None)
+        assert textfiles.read_texts(str(path)) == lines
+        ids = datasets.load_token_ids(str(path), tok, None)
         assert ids.dtype == expected.dtype and ids.tolist() == expected.tolist()
         for block_size in (1, 5, 16):
-            train, _, info = data.build_datasets(str(path), None, 0, block_size, tok, None)
+            train, _, info = datasets.build_datasets(str(path), None, 0, block_size, tok, None)
             assert train.tolist() == run_clm_blocks(txt, tok, block_size)["input_ids"]
             assert info["train_tokens"] == len(expected)
 
@@ -166,43 +167,43 @@ def test_records_holding_the_lines_give_the_txt_ids(tok, tmp_path):
 def test_the_text_column_or_else_the_first(tok, tmp_path):
     """As run_clm: the column "text" if there is one, else the first column."""
     later = write(tmp_path / "later.jsonl", '{"id": 1, "body": "a"}\n{"id": 2, "text": "b"}\n')
-    assert user_error(data.read_texts, str(later)) == f'{later}: record 1 (line 1) has no "text"'
+    assert user_error(textfiles.read_texts, str(later)) == f'{later}: record 1 (line 1) has no "text"'
     first = write(tmp_path / "first.jsonl", '{"title": "A", "body": "x"}\n{"body": "y", "title": "B"}\n')
-    assert data.read_texts(str(first)) == ["A", "B"]
+    assert textfiles.read_texts(str(first)) == ["A", "B"]
     # The first column is the first key to appear in any record, here after an empty one.
     empty_first = write(tmp_path / "e.json", '[{}, {"b": "1", "a": "2"}, {"b": "3"}]')
-    assert user_error(data.read_texts, str(empty_first)) == f'{empty_first}: record 1 has no "b"'
-    assert data.read_texts(str(write(tmp_path / "f.json", '[{"b": "1", "a": "2"}, {"b": "3"}]'))) == ["1", "3"]
+    assert user_error(textfiles.read_texts, str(empty_first)) == f'{empty_first}: record 1 has no "b"'
+    assert textfiles.read_texts(str(write(tmp_path / "f.json", '[{"b": "1", "a": "2"}, {"b": "3"}]'))) == ["1", "3"]
     by_name = write_csv(tmp_path / "named.csv", ["id", "text"], [[1, "a"], [2, "b"]])
-    assert data.read_texts(str(by_name)) == ["a", "b"]
+    assert textfiles.read_texts(str(by_name)) == ["a", "b"]
     first_cell = write_csv(tmp_path / "first.csv", ["body", "id"], [["a", 1], ["b", 2]])
-    assert data.read_texts(str(first_cell)) == ["a", "b"]
+    assert textfiles.read_texts(str(first_cell)) == ["a", "b"]
 
 
 def test_csv_cells(tok, tmp_path):
     """Empty cells are empty texts; quoted commas, quotes and line breaks stay; blank lines are skipped."""
     path = write(tmp_path / "t.csv", 'text,label\n,1\n"",2\n\n"a, ""b""\r\nc",3\nd\n')
-    assert data.read_texts(str(path)) == ["", "", 'a, "b"\r\nc', "d"]
-    assert data.load_token_ids(str(path), tok, None).tolist() == tok.encode('a, "b"\r\nc') + tok.encode("d")
-    assert data.read_texts(str(write(tmp_path / "bom.csv", b"\xef\xbb\xbftext\nx\n"))) == ["x"]
+    assert textfiles.read_texts(str(path)) == ["", "", 'a, "b"\r\nc', "d"]
+    assert datasets.load_token_ids(str(path), tok, None).tolist() == tok.encode('a, "b"\r\nc') + tok.encode("d")
+    assert textfiles.read_texts(str(write(tmp_path / "bom.csv", b"\xef\xbb\xbftext\nx\n"))) == ["x"]
     # Longer than the csv module's default limit of 131,072 characters per cell.
-    assert data.read_texts(str(write(tmp_path / "long.csv", "text\n" + "x" * 200_000))) == ["x" * 200_000]
+    assert textfiles.read_texts(str(write(tmp_path / "long.csv", "text\n" + "x" * 200_000))) == ["x" * 200_000]
 
 
 def test_json_lines_skip_blank_lines_and_accept_crlf(tmp_path):
     path = write(tmp_path / "t.jsonl", '{"text": "a"}\r\n\r\n  \n{"text": "b\\n"}')
-    assert data.read_texts(str(path)) == ["a", "b\n"]
+    assert textfiles.read_texts(str(path)) == ["a", "b\n"]
 
 
 def test_no_end_of_text_token_between_texts(tok, tmp_path):
     """Records are chained as they are, like run_clm's group_texts: no 50256 between them."""
     path = write(tmp_path / "t.jsonl", '{"text": "First document."}\n{"text": "Second document."}\n')
-    ids = data.load_token_ids(str(path), tok, None).tolist()
+    ids = datasets.load_token_ids(str(path), tok, None).tolist()
     assert ids == tok.encode("First document.") + tok.encode("Second document.")
     assert tok.eot_id == 50256 and 50256 not in ids
     # Who wants document ends marks them in the text: the tokenizer turns the string into 50256.
     marked = write(tmp_path / "m.jsonl", '{"text": "First document.<|endoftext|>"}\n')
-    assert data.load_token_ids(str(marked), tok, None).tolist()[-1] == 50256
+    assert datasets.load_token_ids(str(marked), tok, None).tolist()[-1] == 50256
 
 
 BAD_RECORDS = [
@@ -237,46 +238,46 @@ BAD_RECORDS = [
 @pytest.mark.parametrize("name, content, cause", BAD_RECORDS)
 def test_bad_json_and_csv_are_one_line_errors(tok, tmp_path, name, content, cause):
     path = str(write(tmp_path / name, content))
-    assert user_error(data.load_token_ids, path, tok, None) == f"{path}: {cause}"
-    assert user_error(data.read_texts, path) == f"{path}: {cause}"
+    assert user_error(datasets.load_token_ids, path, tok, None) == f"{path}: {cause}"
+    assert user_error(textfiles.read_texts, path) == f"{path}: {cause}"
     # A validation file is checked the same way, under its own name.
     train = str(write(tmp_path / "train.txt", "some words to train on\n" * 4))
-    assert user_error(data.build_datasets, train, path, 0, 4, tok, None) == f"{path}: {cause}"
+    assert user_error(datasets.build_datasets, train, path, 0, 4, tok, None) == f"{path}: {cause}"
 
 
 def test_the_extension_decides_and_its_case_does_not_matter(tok, tmp_path):
     content = '{"text": "Hello"}\n'
     upper = write(tmp_path / "T.JSONL", content)
-    assert data.load_token_ids(str(upper), tok, None).tolist() == tok.encode("Hello")
-    assert data.load_token_ids(str(write(tmp_path / "t.TXT", content)), tok, None).tolist() \
+    assert datasets.load_token_ids(str(upper), tok, None).tolist() == tok.encode("Hello")
+    assert datasets.load_token_ids(str(write(tmp_path / "t.TXT", content)), tok, None).tolist() \
         == tok.encode(content)
-    assert data.file_format("x.txt") == "txt" and data.file_format("x.jsonl") == "json"
+    assert textfiles.file_format("x.txt") == "txt" and textfiles.file_format("x.jsonl") == "json"
 
 
 # --- keep_linebreaks ---------------------------------------------------------------
 
 def test_keep_linebreaks_false_drops_each_lines_newline(tok, tmp_path):
     path = write(tmp_path / "t.txt", "a\r\n\nb\nc")
-    ids = data.load_token_ids(str(path), tok, None, keep_linebreaks=False)
+    ids = datasets.load_token_ids(str(path), tok, None, keep_linebreaks=False)
     # The `datasets` text loader with keep_linebreaks=False: line.rstrip("\n") for each line.
     lines = [line.rstrip("\n") for line in txt_lines(path)]
     assert lines == ["a", "", "b", "c"]
     assert ids.tolist() == list(chain.from_iterable(tok.encode(line) for line in lines))
     # Nothing is left between the lines: "a", "b" and "c" run together.
     assert ids.tolist() == tok.encode("a") + tok.encode("b") + tok.encode("c") == [64, 65, 66]
-    assert data.read_texts(str(path), keep_linebreaks=False) == lines
+    assert textfiles.read_texts(str(path), keep_linebreaks=False) == lines
     # The default keeps them.
-    assert data.load_token_ids(str(path), tok, None).tolist() == [64, 198, 198, 65, 198, 66]
+    assert datasets.load_token_ids(str(path), tok, None).tolist() == [64, 198, 198, 65, 198, 66]
 
 
 def test_keep_linebreaks_through_build_datasets(tok, tmp_path):
     path = str(write(tmp_path / "t.txt", "one two\nthree four\n" * 4))
-    _, _, kept = data.build_datasets(path, None, 0, 2, tok, None)
-    _, _, dropped = data.build_datasets(path, None, 0, 2, tok, None, keep_linebreaks=False)
+    _, _, kept = datasets.build_datasets(path, None, 0, 2, tok, None)
+    _, _, dropped = datasets.build_datasets(path, None, 0, 2, tok, None, keep_linebreaks=False)
     assert kept["train_tokens"] - dropped["train_tokens"] == 8   # one "\n" per line
     # run_clm passes keep_linebreaks to the text loader only: JSON and CSV ignore it.
     js = str(write(tmp_path / "t.jsonl", '{"text": "one\\n"}\n'))
-    assert data.load_token_ids(js, tok, None, keep_linebreaks=False).tolist() == tok.encode("one\n")
+    assert datasets.load_token_ids(js, tok, None, keep_linebreaks=False).tolist() == tok.encode("one\n")
 
 
 def test_the_cache_key_holds_how_the_file_is_read(tok, tmp_path, monkeypatch):
@@ -285,15 +286,15 @@ def test_the_cache_key_holds_how_the_file_is_read(tok, tmp_path, monkeypatch):
     content = '{"text": "Hello\\n"}\n'
     txt, js = str(write(tmp_path / "t.txt", content)), str(write(tmp_path / "t.jsonl", content))
     loads = [(txt, True), (txt, False), (js, True), (js, False)]
-    first = [data.load_token_ids(p, tok, cache, keep_linebreaks=k).tolist() for p, k in loads]
+    first = [datasets.load_token_ids(p, tok, cache, keep_linebreaks=k).tolist() for p, k in loads]
     assert first[0] == tok.encode(content) and first[1] == tok.encode(content.rstrip("\n"))
     assert first[2] == first[3] == tok.encode("Hello\n")
     # Named <bytes' hash>-<tokenizer>-<how the file is read>-v<format>.npz
-    v = f"-v{data.CACHE_FORMAT}.npz"
+    v = f"-v{datasets.CACHE_FORMAT}.npz"
     assert sorted(name.split("-", 2)[2] for name in os.listdir(cache)) == \
         sorted(["json" + v, "txt" + v, "txt-nolinebreaks" + v])
     calls = count_encode_calls(tok, monkeypatch)
-    assert [data.load_token_ids(p, tok, cache, keep_linebreaks=k).tolist() for p, k in loads] == first
+    assert [datasets.load_token_ids(p, tok, cache, keep_linebreaks=k).tolist() for p, k in loads] == first
     assert calls == []  # all four from the cache
 
 
@@ -314,15 +315,15 @@ def count_encode_calls(tok, monkeypatch):
 def test_cache_hit_does_not_tokenize_again(tok, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     path = write(tmp_path / "t.txt", "Hello world\n\nsecond line\n")
-    first = data.load_token_ids(str(path), tok, str(cache))
+    first = datasets.load_token_ids(str(path), tok, str(cache))
     files = os.listdir(cache)
-    assert len(files) == 1 and files[0].endswith(f"-txt-v{data.CACHE_FORMAT}.npz")
+    assert len(files) == 1 and files[0].endswith(f"-txt-v{datasets.CACHE_FORMAT}.npz")
 
     def no_tokenizing(texts):
         raise AssertionError("tokenized although the cache has these ids")
 
     monkeypatch.setattr(tok, "encode_batch", no_tokenizing)
-    second = data.load_token_ids(str(path), tok, str(cache))
+    second = datasets.load_token_ids(str(path), tok, str(cache))
     assert second.tolist() == first.tolist()
     assert second.dtype == first.dtype
 
@@ -331,12 +332,12 @@ def test_cache_miss_when_the_file_changes(tok, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     path = write(tmp_path / "t.txt", "Hello world\n")
     calls = count_encode_calls(tok, monkeypatch)
-    first = data.load_token_ids(str(path), tok, str(cache))
+    first = datasets.load_token_ids(str(path), tok, str(cache))
     assert len(calls) == 1
-    data.load_token_ids(str(path), tok, str(cache))
+    datasets.load_token_ids(str(path), tok, str(cache))
     assert len(calls) == 1
     write(path, "Goodbye world\n")
-    changed = data.load_token_ids(str(path), tok, str(cache))
+    changed = datasets.load_token_ids(str(path), tok, str(cache))
     assert len(calls) == 2
     assert changed.tolist() != first.tolist()
     assert changed.tolist() == tok.encode("Goodbye world\n")
@@ -346,30 +347,30 @@ def test_cache_miss_when_the_file_changes(tok, tmp_path, monkeypatch):
 def test_demo_corpus_is_cached_too(tok, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     calls = count_encode_calls(tok, monkeypatch)
-    train, val, info = data.build_datasets(None, None, 5, 1024, tok, cache)
+    train, val, info = datasets.build_datasets(None, None, 5, 1024, tok, cache)
     n = len(calls)
     assert n > 0 and info["demo"]
     assert info["train_tokens"] > 100_000
     assert len(val) == max(1, (len(train) + len(val)) * 5 // 100)
-    again, _, _ = data.build_datasets(None, None, 5, 1024, tok, cache)
+    again, _, _ = datasets.build_datasets(None, None, 5, 1024, tok, cache)
     assert len(calls) == n
     assert again.tolist() == train.tolist()
     # The demo's fingerprint is that of its UTF-8 text; its validation set is a split.
-    assert info["train_sha256"] == hashlib.sha256(data.demo_text()[1].encode("utf-8")).hexdigest()
+    assert info["train_sha256"] == hashlib.sha256(datasets.demo_text()[1].encode("utf-8")).hexdigest()
     assert info["validation_sha256"] is None
 
 
 def test_no_cache_dir_writes_nothing(tok, tmp_path):
     path = write(tmp_path / "t.txt", "Hello world\n")
-    data.load_token_ids(str(path), tok, None)
+    datasets.load_token_ids(str(path), tok, None)
     assert os.listdir(tmp_path) == ["t.txt"]
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path))
-    assert data.default_cache_dir() == str(tmp_path)
+    assert datasets.default_cache_dir() == str(tmp_path)
     monkeypatch.delenv("GPT2_CACHE_DIR")
-    assert Path(data.default_cache_dir()) == REPO / ".cache" / "tokens"
+    assert Path(datasets.default_cache_dir()) == REPO / ".cache" / "tokens"
 
 
 # --- a damaged cache ------------------------------------------------------------
@@ -381,7 +382,7 @@ def make_cache(tok, tmp_path, text="A few words of text, to be cached.\n" * 40):
     """(the text file, the cache directory, the one cache file, the ids)."""
     cache = tmp_path / "cache"
     path = write(tmp_path / "t.txt", text)
-    ids = data.load_token_ids(str(path), tok, str(cache))
+    ids = datasets.load_token_ids(str(path), tok, str(cache))
     [name] = os.listdir(cache)
     return str(path), str(cache), cache / name, ids
 
@@ -421,7 +422,7 @@ DAMAGES = {
                                                  .astype(np.uint16)),
     "65535": lambda cached, ids: save_npz(cached, np.full_like(ids, 65535)),
     # Loadable, in range, but not the ids that were written.
-    "bad checksum": lambda cached, ids: save_npz(cached, ids[::-1].copy(), checksum=data._ids_sha256(ids)),
+    "bad checksum": lambda cached, ids: save_npz(cached, ids[::-1].copy(), checksum=datasets._ids_sha256(ids)),
     "int64": lambda cached, ids: save_npz(cached, ids.astype(np.int64)),
     "2-d": lambda cached, ids: save_npz(cached, ids[:len(ids) // 2 * 2].reshape(2, -1)),
     "no checksum": lambda cached, ids: cached.write_bytes(npz_bytes(ids=ids)),
@@ -435,12 +436,12 @@ def test_a_corrupt_cache_is_tokenized_again(tok, tmp_path, monkeypatch, capsys, 
     assert capsys.readouterr().err == ""            # a missing cache is no news
     DAMAGES[damage](cached, ids)
     calls = count_encode_calls(tok, monkeypatch)
-    again = data.load_token_ids(path, tok, cache)
+    again = datasets.load_token_ids(path, tok, cache)
     assert again.dtype == ids.dtype and again.tolist() == ids.tolist()
     assert len(calls) == 1
     assert capsys.readouterr().err == CORRUPT.format(cached)
     # The cache was written again, whole: the next load is silent and does not tokenize.
-    assert data.load_token_ids(path, tok, cache).tolist() == ids.tolist()
+    assert datasets.load_token_ids(path, tok, cache).tolist() == ids.tolist()
     assert len(calls) == 1 and capsys.readouterr().err == ""
     assert os.listdir(cache) == [cached.name]
 
@@ -456,7 +457,7 @@ def test_no_flipped_bit_or_cut_gives_wrong_ids(tok, tmp_path):
         damaged.append(good[:i] + bytes([good[i] ^ bit]) + good[i + 1:])
     for content in damaged:
         cached.write_bytes(content)
-        loaded = data._load_cached(str(cached), tok)
+        loaded = datasets._load_cached(str(cached), tok)
         assert loaded is None or loaded.tolist() == ids.tolist()
 
 
@@ -470,22 +471,22 @@ def test_info_fingerprints_the_files(tok, tmp_path, monkeypatch):
     train = write(tmp_path / "train.txt", "one two three four five six\n" * 3)
     val = write(tmp_path / "val.jsonl", '{"text": "seven eight nine ten"}\n')
     cache = str(tmp_path / "cache")
-    # Count how often gpt2/data.py opens each file (a module global shadows the builtin).
+    # Count how often harness/textfiles.py opens each file (a module global shadows the builtin).
     opened = []
-    monkeypatch.setattr(data, "open", lambda f, *a, **k: opened.append(str(f)) or open(f, *a, **k),
+    monkeypatch.setattr(textfiles, "open", lambda f, *a, **k: opened.append(str(f)) or open(f, *a, **k),
                         raising=False)
     for _ in range(2):                                # a cache miss, then a hit
         opened.clear()
-        _, _, info = data.build_datasets(str(train), str(val), 0, 2, tok, cache)
+        _, _, info = datasets.build_datasets(str(train), str(val), 0, 2, tok, cache)
         assert info["train_sha256"] == sha256_of(train)
         assert info["validation_sha256"] == sha256_of(val)
         assert opened.count(str(train)) == opened.count(str(val)) == 1   # each file read once
-    _, _, no_cache = data.build_datasets(str(train), str(val), 0, 2, tok, None)
+    _, _, no_cache = datasets.build_datasets(str(train), str(val), 0, 2, tok, None)
     assert (no_cache["train_sha256"], no_cache["validation_sha256"]) == (info["train_sha256"],
                                                                          info["validation_sha256"])
     # An edited file has another fingerprint; a held-out split has none of its own.
     write(train, "one two three four five six\n" * 4)
-    _, _, edited = data.build_datasets(str(train), None, 10, 2, tok, cache)
+    _, _, edited = datasets.build_datasets(str(train), None, 10, 2, tok, cache)
     assert edited["train_sha256"] == sha256_of(train) != info["train_sha256"]
     assert edited["validation_sha256"] is None
 
@@ -494,53 +495,53 @@ def test_info_fingerprints_the_files(tok, tmp_path, monkeypatch):
 
 def test_missing_file(tmp_path):
     path = str(tmp_path / "nope.txt")
-    assert user_error(data.read_text, path) == f"{path}: no such file"
+    assert user_error(textfiles.read_text, path) == f"{path}: no such file"
 
 
 def test_empty_file(tmp_path):
     path = str(write(tmp_path / "empty.txt", b""))
-    assert user_error(data.read_text, path) == f"{path}: the file is empty"
+    assert user_error(textfiles.read_text, path) == f"{path}: the file is empty"
     bom_only = str(write(tmp_path / "bom.txt", b"\xef\xbb\xbf"))
-    assert user_error(data.read_text, bom_only) == f"{bom_only}: the file is empty"
+    assert user_error(textfiles.read_text, bom_only) == f"{bom_only}: the file is empty"
 
 
 def test_directory(tmp_path):
-    msg = user_error(data.read_text, str(tmp_path))
+    msg = user_error(textfiles.read_text, str(tmp_path))
     assert msg.startswith(f"{tmp_path}: ") and "directory" in msg
 
 
 def test_not_utf8_says_where(tmp_path):
     content = "first\nsecond\n".encode() + "né".encode() + b"\xff rest\n"
     path = str(write(tmp_path / "latin.txt", content))
-    msg = user_error(data.read_text, path)
+    msg = user_error(textfiles.read_text, path)
     offset = content.index(b"\xff")
     # "né" is two characters, so the bad byte is in column 3 (though byte 4 of the line).
     assert msg.startswith(f"{path}: not UTF-8 text: byte 0xff at line 3, column 3 "
                           f"(byte offset {offset})")
     # Through load_token_ids too (it reads the bytes itself, for the cache key).
-    assert user_error(data.load_token_ids, path, None, None) == msg
+    assert user_error(datasets.load_token_ids, path, None, None) == msg
 
 
 def test_truncated_utf8_sequence(tmp_path):
     path = str(write(tmp_path / "cut.txt", b"ok\n\xe2\x82"))   # "€" cut short
-    msg = user_error(data.read_text, path)
+    msg = user_error(textfiles.read_text, path)
     assert "bytes 0xe2 0x82 at line 2, column 1 (byte offset 3)" in msg
 
 
 def test_bom_is_dropped(tmp_path):
     path = str(write(tmp_path / "bom.txt", b"\xef\xbb\xbfHello"))
-    assert data.read_text(path) == "Hello"
+    assert textfiles.read_text(path) == "Hello"
 
 
 def test_too_short_for_one_block(tok, tmp_path):
     path = str(write(tmp_path / "short.txt", "Hello world, hello.\n"))
     n = len(tok.encode("Hello world, hello.\n"))
-    msg = user_error(data.build_datasets, path, None, 0, 1024, tok, None)
+    msg = user_error(datasets.build_datasets, path, None, 0, 1024, tok, None)
     assert msg == (f"{path}: {n} tokens, fewer than one block of 1024; "
                    f"use a smaller --block-size or more text")
     # The validation file is checked the same way, under its own name.
     long = str(write(tmp_path / "long.txt", "word " * 50))
-    msg = user_error(data.build_datasets, long, path, 0, 16, tok, None)
+    msg = user_error(datasets.build_datasets, long, path, 0, 16, tok, None)
     assert msg.startswith(f"{path}: {n} tokens, fewer than one block of 16")
 
 
@@ -576,8 +577,8 @@ def test_one_block_cannot_be_split():
 def test_validation_file(tok, tmp_path):
     train_path = str(write(tmp_path / "train.txt", "one two three four five six seven\n"))
     val_path = str(write(tmp_path / "val.txt", "eight nine ten eleven\n"))
-    train, val, info = data.build_datasets(train_path, val_path, 50, 2, tok, None)
-    assert val.tolist() == data.make_blocks(data.load_token_ids(val_path, tok, None), 2, "v").tolist()
+    train, val, info = datasets.build_datasets(train_path, val_path, 50, 2, tok, None)
+    assert val.tolist() == data.make_blocks(datasets.load_token_ids(val_path, tok, None), 2, "v").tolist()
     assert len(train) == info["train_blocks"] == len(tok.encode("one two three four five six seven\n")) // 2
     assert info["validation_source"] == val_path
 
@@ -589,14 +590,14 @@ def test_same_file_warns_once(tok, tmp_path, capsys):
     link = tmp_path / "link.txt"
     link.symlink_to(path)
     for validation in (str(path), str(link), str(tmp_path / "." / "t.txt")):
-        train, val, _ = data.build_datasets(str(path), validation, 0, 4, tok, None)
+        train, val, _ = datasets.build_datasets(str(path), validation, 0, 4, tok, None)
         err = capsys.readouterr().err
         assert err.count(SAME_FILE_WARNING) == 1
         assert err == ("warning: the validation file is the training file: eval_loss will "
                        "measure memorisation, not generalisation\n")
         assert train.tolist() == val.tolist()
     other = write(tmp_path / "other.txt", "some words to train on\n" * 4)
-    data.build_datasets(str(path), str(other), 0, 4, tok, None)
+    datasets.build_datasets(str(path), str(other), 0, 4, tok, None)
     assert SAME_FILE_WARNING not in capsys.readouterr().err
 
 
@@ -611,8 +612,8 @@ def test_epoch_permutation():
 
 
 def test_demo_text():
-    name, text = data.demo_text()
+    name, text = datasets.demo_text()
     assert len(text) > 100_000
     assert "pydoc_data" in name
     assert "assert" in text and "The \"if\" statement" in text
-    assert data.demo_text() == (name, text)
+    assert datasets.demo_text() == (name, text)

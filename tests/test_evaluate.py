@@ -21,8 +21,9 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, hf_model, save_hf
-from gpt2.compare import comparison_rows, format_table, plot_curves
-from gpt2.data import load_token_ids, make_blocks, split_blocks
+from harness.compare import comparison_rows, format_table, plot_curves
+from gpt2.data import make_blocks, split_blocks
+from harness.datasets import load_token_ids
 from gpt2.errors import UserError, run_cli
 from gpt2.evaluation import evaluate
 from gpt2.tokenizer import Tokenizer
@@ -315,7 +316,7 @@ def test_more_bad_inputs_are_one_line_errors(setup, runs, tmp_path, capsys):
 
 
 def test_runtime_is_rounded_to_hundredths():
-    from gpt2.report import format_runtime
+    from harness.report import format_runtime
 
     assert format_runtime(201.77) == "0:03:21.77"
     assert format_runtime(1.999) == "0:00:02.00"  # was 0:00:01.00: the carry into the seconds was lost

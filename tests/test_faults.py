@@ -47,10 +47,10 @@ from safetensors.torch import load_file, save_file
 import evaluate as evaluate_cli
 import train as train_cli
 from conftest import CTRL_C_AT_STEP, ROOT, TINY, hf_model, patched_train, run_python, save_hf, write_text
-from gpt2.compare import comparison_rows
+from harness.compare import comparison_rows
 from gpt2.errors import run_cli
 from gpt2.model import GPT2
-from gpt2.outdir import run_status
+from harness.outdir import run_status
 from gpt2.trainer import Trainer
 from gpt2.weights import load_checkpoint
 
@@ -335,8 +335,9 @@ def interrupted_run(capsys, args, at):
 PATCHES = """
 import time
 import torch
-from gpt2 import checkpoint, evaluation, run, weights
-from gpt2.outdir import RunDir
+from gpt2 import checkpoint, evaluation, weights
+from harness import run
+from harness.outdir import RunDir
 from gpt2.trainer import Trainer
 
 def env(name, default=-1):

@@ -1,4 +1,4 @@
-"""Tests for gpt2.hub against a small local HTTP server that plays the hub.
+"""Tests for harness.hub against a small local HTTP server that plays the hub.
 
 No real network: the server runs on 127.0.0.1 in a thread, serves fake repos from a
 dict, sends an ETag with each file and honours Range and If-Range headers like the
@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gpt2 import hub
+from harness import hub
 from gpt2.errors import UserError
 
 

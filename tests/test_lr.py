@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY, hf_model, save_hf
-from gpt2 import lr_finder, sweep as sweep_module
-from gpt2.compare import comparison_rows
+from harness import lr_finder, sweep as sweep_module
+from harness.compare import comparison_rows
 from gpt2.errors import UserError
-from gpt2.report import format_lr
-from gpt2.sweep import run_dirs
+from harness.report import format_lr
+from harness.sweep import run_dirs
 
 import train
 

@@ -14,7 +14,7 @@ import torch
 
 from gpt2.config import GPT2Config
 from gpt2.model import GPT2
-from gpt2.batch import choose_batch, find_micro_batch, make_probe, split_batch
+from harness.batch import choose_batch, find_micro_batch, make_probe, split_batch
 from gpt2.distributed import Dist
 from gpt2.loss import chunked_lm_loss, next_token_targets
 
@@ -244,7 +244,7 @@ def test_probe_runs_a_real_step_and_leaves_no_gradients():
 def choose(argv, capacity=None, world=1):
     """The (micro-batch, accumulation) train.py chooses for these flags; capacity simulates a GPU
     that holds that many sequences (None: the CPU, nothing to probe)."""
-    from gpt2.cli import train_parser
+    from harness.cli import train_parser
 
     args = train_parser().parse_args(argv)
     try_step = fake_gpu(capacity)[0] if capacity is not None else None
@@ -284,7 +284,7 @@ def test_effective_batch_with_a_fixed_micro_batch_sets_the_accumulation():
 
 
 def test_batch_size_flag_accepts_auto_and_numbers_only():
-    from gpt2.cli import train_parser
+    from harness.cli import train_parser
 
     p = train_parser()
     assert p.parse_args(["--batch-size", "auto"]).batch_size == "auto"

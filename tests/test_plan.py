@@ -1,4 +1,4 @@
-"""The memory plan (gpt2/plan.py) against what PyTorch really allocates and keeps, on the CPU."""
+"""The memory plan (harness/plan.py) against what PyTorch really allocates and keeps, on the CPU."""
 
 import ctypes
 import json
@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from gpt2 import plan
+from harness import plan
 from gpt2.config import PRESETS, GPT2Config
 from gpt2.errors import UserError, run_cli
 from gpt2.lora import add_lora
@@ -259,7 +259,7 @@ def run_plan(argv, capsys):
 
 def cpu_settings(**options):
     """The Settings train.py trains with on the CPU: its defaults, the chunked loss and attention_recompute."""
-    from gpt2 import run
+    from harness import run
 
     recompute = run.pick_attention_recompute(None, torch.device("cpu"), options.get("checkpointing", False),
                                              options.get("block_size", plan.Settings.block_size),
@@ -290,8 +290,8 @@ def test_plan_of_a_model_directory_reads_config_json_only(tmp_path, capsys):
 
 
 def test_plan_follows_train_py_defaults():
-    from gpt2 import run
-    from gpt2.cli import train_parser
+    from harness import run
+    from harness.cli import train_parser
 
     cfg, cpu, cuda = PRESETS["gpt2"], torch.device("cpu"), torch.device("cuda")  # cuda: a name, nothing runs
     args = train_parser().parse_args(["--plan", "--precision", "fp32"])

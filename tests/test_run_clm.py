@@ -27,8 +27,10 @@ import evaluate as evaluate_cli
 import train
 from conftest import KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf, write_text
 from gpt2 import checkpoint
-from gpt2.cli import REFUSED, SCHEDULES, train_parser
-from gpt2.data import build_datasets, make_blocks, read_texts, tokenize_texts
+from harness.cli import REFUSED, SCHEDULES, train_parser
+from gpt2.data import make_blocks, tokenize_texts
+from harness.datasets import build_datasets
+from harness.textfiles import read_texts
 from gpt2.errors import run_cli
 from gpt2.evaluation import evaluate
 from gpt2.tokenizer import Tokenizer

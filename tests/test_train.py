@@ -270,7 +270,7 @@ def test_overwrite_leaves_no_stale_eval_results(tiny_ckpt, text_file, tmp_path):
     assert (out / "eval_results.json").is_file()
     assert train.main(common + ["--overwrite", "--validation-split", "0"]) == 0
     assert not (out / "eval_results.json").exists()
-    from gpt2.compare import comparison_rows
+    from harness.compare import comparison_rows
 
     assert comparison_rows([str(out)])[0]["eval_loss"] is None
 

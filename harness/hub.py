@@ -62,8 +62,8 @@ import urllib.request
 
 from tqdm import tqdm
 
-from .errors import UserError
-from .files import write_json
+from gpt2.errors import UserError
+from gpt2.files import write_json
 
 # Short names -> hub repository ids (the hub moved the original models under these orgs).
 ALIASES = {

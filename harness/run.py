@@ -28,19 +28,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import distributed
+from gpt2 import distributed
 from .batch import choose_batch, make_probe
 from .cli import BEST_METRICS
-from .config import GPT2Config
-from .data import build_datasets, default_cache_dir
-from .errors import UserError
+from gpt2.config import GPT2Config
+from .datasets import build_datasets, default_cache_dir
+from gpt2.errors import UserError
 from .hub import ALIASES, resolve
-from .lora import add_lora, trainable_parameters
-from .model import GPT2
-from .precision import resolve_precision, use_tf32
-from .tokenizer import Tokenizer
-from .trainer import TrainConfig
-from .weights import load_checkpoint
+from gpt2.lora import add_lora, trainable_parameters
+from gpt2.model import GPT2
+from gpt2.precision import resolve_precision, use_tf32
+from gpt2.tokenizer import Tokenizer
+from gpt2.trainer import TrainConfig
+from gpt2.weights import load_checkpoint
 
 
 # Rows of the LM head computed at once by default on the CPU (loss.py). Measured with

@@ -40,8 +40,8 @@ import shutil
 import socket
 import time
 
-from .errors import UserError
-from .files import atomic_path, is_temporary, read_json, write_json
+from gpt2.errors import UserError
+from gpt2.files import atomic_path, is_temporary, read_json, write_json
 
 LOCK = ".lock"
 STATUS = "status.json"

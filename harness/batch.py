@@ -19,8 +19,8 @@ import gc
 
 import torch
 
-from .errors import UserError
-from .precision import autocast
+from gpt2.errors import UserError
+from gpt2.precision import autocast
 
 
 def _fits(try_step, batch_size) -> bool:

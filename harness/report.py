@@ -22,8 +22,8 @@ import time
 
 from tqdm import tqdm
 
-from .errors import UserError
-from .files import atomic_path
+from gpt2.errors import UserError
+from gpt2.files import atomic_path
 
 
 def format_runtime(seconds: float) -> str:

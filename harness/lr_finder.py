@@ -57,12 +57,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import UserError
-from .files import atomic_path
+from gpt2.errors import UserError
+from gpt2.files import atomic_path
 from .outdir import check
 from .report import format_lr
 from .run import setup
-from .trainer import Trainer
+from gpt2.trainer import Trainer
 
 BETA = 0.98          # smoothing of the loss, as fastai
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss is above this many times its minimum

@@ -212,7 +212,7 @@ functions (run.py: the precision, the chunked loss and attention_recompute on th
 CPU, the block size, the micro-batch; `settings_for`), so the plan is the plan of
 the run that the same command without --plan would start. It fits the plan into
 --memory (8GB = 8 x 10^9 bytes, 8GiB = 8 x 2^30), else the device's memory (the
-GPU's, or the machine's physical memory). `fits_table` (python -m gpt2.plan) makes
+GPU's, or the machine's physical memory). `fits_table` (python -m harness.plan) makes
 the README's table of what fits where.
 """
 
@@ -225,12 +225,12 @@ import torch
 
 from .batch import choose_batch
 from .cli import train_parser
-from .config import PRESETS, GPT2Config
-from .distributed import Dist
-from .errors import UserError
-from .files import write_json
+from gpt2.config import PRESETS, GPT2Config
+from gpt2.distributed import Dist
+from gpt2.errors import UserError
+from gpt2.files import write_json
 from .hub import ALIASES, default_weights_dir, is_hub_id
-from .precision import pick_device, resolve_precision
+from gpt2.precision import pick_device, resolve_precision
 from .run import pick_attention_recompute, pick_block_size, pick_loss_chunk
 
 MB = 2**20  # the MB of train_peak_memory_mb, and of this module
@@ -912,7 +912,7 @@ def fits_table(models=FITS_MODELS, memory_gb=FITS_MEMORY_GB, options=FITS_OPTION
     header = ("CUDA, bf16, block size 1024, train.py's other defaults (on a GPU: the plain loss; "
               "--loss-chunk 1024 fits more): the largest micro-batch whose planned peak "
               "(torch.cuda.max_memory_allocated) fits in N GB = N x 10^9 bytes, as `--memory NGB`; 0: not "
-              "even one sequence. Computed by gpt2/plan.py (`train.py --plan`), not measured on these GPUs; "
+              "even one sequence. Computed by harness/plan.py (`train.py --plan`), not measured on these GPUs; "
               "a card leaves less than its size to PyTorch's tensors (the CUDA context, the caching "
               "allocator's fragmentation).")
     lines = textwrap.wrap(header, 100) + ["", "| model | options | " + " | ".join(f"{gb} GB" for gb in memory_gb)
@@ -1029,6 +1029,6 @@ def docstring_tables() -> list:
     return [_state_table(), _block_table(), _activation_table(), _options_table(), _lora_table(), _measured_table()]
 
 
-if __name__ == "__main__":  # python -m gpt2.plan: the README's table (fits_table)
+if __name__ == "__main__":  # python -m harness.plan: the README's table (fits_table)
     print(fits_table())
     sys.exit(0)

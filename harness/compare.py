@@ -20,8 +20,8 @@ final numbers hide: a learning rate that diverges, or a run still improving.
 
 import os
 
-from .errors import UserError
-from .files import atomic_path, read_json
+from gpt2.errors import UserError
+from gpt2.files import atomic_path, read_json
 from .outdir import RESULT_FILES, run_status
 from .report import format_lr, format_runtime
 

@@ -29,9 +29,9 @@ import os
 import sys
 
 from .compare import comparison_rows, format_table
-from .data import read_texts
-from .errors import UserError
-from .files import write_json
+from .textfiles import read_texts
+from gpt2.errors import UserError
+from gpt2.files import write_json
 from .hub import ALIASES, is_hub_id, resolve
 from .outdir import check
 from .report import format_lr

@@ -14,7 +14,7 @@ flag, before any model is loaded.
 import argparse
 import sys
 
-from .precision import CHOICES as PRECISIONS
+from gpt2.precision import CHOICES as PRECISIONS
 
 
 class Parser(argparse.ArgumentParser):
@@ -203,7 +203,7 @@ def add_runtime_args(p, batch_size_default, batch_alias, allow_auto=False):
     help_text = "sequences per forward pass, the micro-batch (default: %(default)s)"
     if allow_auto:
         help_text += ("; auto: the largest that fits in GPU memory, found by trying, with the accumulation "
-                      "adjusted so that the effective batch stays --effective-batch (see gpt2/batch.py)")
+                      "adjusted so that the effective batch stays --effective-batch (see harness/batch.py)")
     g.add_argument("--batch-size", batch_alias, dest="batch_size", default=batch_size_default,
                    type=positive_int_or_auto if allow_auto else positive_int, help=help_text)
     return g
@@ -247,7 +247,7 @@ def train_parser():
     _add_lora_args(p.add_argument_group("LoRA: train small adapters, freeze the model (see gpt2/lora.py)"))
     _add_output_args(p.add_argument_group("output, logging and checkpoints"))
     _add_evaluation_args(p.add_argument_group("evaluation during training"))
-    _add_lr_finder_args(p.add_argument_group("finding the learning rate (the range test, see gpt2/lr_finder.py)"))
+    _add_lr_finder_args(p.add_argument_group("finding the learning rate (the range test, see harness/lr_finder.py)"))
     _add_memory_args(p.add_argument_group("memory and speed"))
     for options, hint in REFUSED.items():
         p.add_argument(*options, action=Refuse, hint=hint)
@@ -378,7 +378,7 @@ def _add_memory_args(g):
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--plan", action="store_true",
                    help="instead of training: predict the peak memory, part by part, and the largest "
-                        "micro-batch that fits, from config.json alone (see gpt2/plan.py)")
+                        "micro-batch that fits, from config.json alone (see harness/plan.py)")
     g.add_argument("--memory", type=memory_size, help="with --plan: the memory to fit, e.g. 8GB (default: the device's)")
     g.add_argument("--json", metavar="PATH", help="with --plan: also write the numbers to this JSON file")
 
