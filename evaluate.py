@@ -182,22 +182,29 @@ def measure(args, name, model, directory, tokenizer, device, precision):
 
 # --- sampling ------------------------------------------------------------------------
 
-def sample(model, tokenizer, prompt, max_new_tokens, temperature, top_k, seed, device, precision) -> str:
-    """The prompt and its sampled continuation, as text. The same seed gives the same text."""
+def sample(model, tokenizer, prompt, max_new_tokens, temperature, top_k, seed, device, precision,
+           top_p=1.0, num_samples=1) -> list[str]:
+    """The prompt and its sampled continuations, as texts. The same seed gives the same texts."""
     n_positions = model.config.n_positions
     if max_new_tokens >= n_positions:
         raise UserError(f"--max-new-tokens {max_new_tokens} must be below the model's context "
                         f"of {n_positions} positions")
     ids = tokenizer.encode(prompt)
     start = [] if ids else [tokenizer.eot_id]  # an empty prompt: "a new document begins"
-    x = torch.tensor([start + ids], dtype=torch.long, device=device)  # (1, T)
-    # A generator of our own, seeded: the sample depends on the seed only, not on
+    room = n_positions - max_new_tokens
+    if len(ids) > room:  # said here in the CLI's words; generate() would only warn
+        print(f"warning: the prompt is {len(ids):,} tokens; with --max-new-tokens {max_new_tokens} only its last "
+              f"{room:,} fit in the model's context of {n_positions}: the samples continue that end",
+              file=sys.stderr)
+        ids = ids[-room:]
+    x = torch.tensor([start + ids] * num_samples, dtype=torch.long, device=device)  # (num_samples, T)
+    # A generator of our own, seeded: the samples depend on the seed only, not on
     # whatever else drew random numbers before.
     generator = torch.Generator(device=device).manual_seed(seed)
     with autocast(device, precision):
-        out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                             generator=generator)  # (1, T + max_new_tokens)
-    return tokenizer.decode(out[0, len(start):].tolist())
+        out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
+                             generator=generator)  # (num_samples, T + max_new_tokens)
+    return [tokenizer.decode(row[len(start):].tolist()) for row in out]
 
 
 # --- the requests --------------------------------------------------------------------
@@ -220,11 +227,13 @@ def evaluate_models(args, asked) -> dict:
                 print(f"== {name} ==")
             print(metrics_block("eval", measured[name]))
         if asked.sample:
-            text = sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                          args.seed, device, precision)
-            print(f"----- sample from {name} (seed {args.seed}, temperature {args.temperature}, "
-                  f"top-k {args.top_k or 'off'}) -----")
-            print(text)
+            texts = sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                           args.seed, device, precision, top_p=args.top_p, num_samples=args.num_samples)
+            for i, text in enumerate(texts, 1):
+                number = f" {i} of {len(texts)}" if len(texts) > 1 else ""
+                print(f"----- sample{number} from {name} (seed {args.seed}, temperature {args.temperature}, "
+                      f"top-k {args.top_k or 'off'}, top-p {args.top_p:g}) -----")
+                print(text)
         del model  # free its memory before the next one
     if len(block_sizes) > 1:
         print(f"warning: the models were measured on blocks of different sizes ({sorted(block_sizes)}, "

@@ -3,7 +3,7 @@
 Read the modules in this order (the README's "Reading the code" gives the same one);
 each opens with the idea it implements:
 
-    the model        config -> model -> loss -> weights -> tokenizer -> data
+    the model        config -> model -> sampling -> loss -> weights -> tokenizer -> data
     the training     precision -> trainer -> control -> checkpoint -> evaluation
     a run            run -> outdir (what train.py calls, in that order)
     going further    distributed -> lora -> plan -> attention -> batch -> lr_finder -> sweep

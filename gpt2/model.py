@@ -43,6 +43,7 @@ matching names; see weights.py for the one twist (Conv1D weights are transposed)
 """
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -50,9 +51,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .attention import keep_mask_attention
-
 from .config import GPT2Config
 from .loss import chunked_lm_loss, cross_entropy, next_token_targets
+from .sampling import next_token
 
 
 class CausalSelfAttention(nn.Module):
@@ -230,29 +231,30 @@ class GPT2(nn.Module):
         return logits, cross_entropy(logits, targets)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
         """Continue (B, T) ids by sampling max_new_tokens tokens, with a KV cache.
 
-        temperature 0 means greedy (always the most likely token); top_k keeps only
-        the k most likely tokens before sampling.
+        How each token is picked (temperature, top_k, top_p) is sampling.py's. The model
+        samples in eval mode (no dropout), and is left in the mode it was in. A prompt
+        that leaves no room for the new tokens keeps only its end, with a warning.
         """
         room = self.config.n_positions - max_new_tokens
         if room < 1:
             raise ValueError(f"max_new_tokens must be below n_positions={self.config.n_positions}")
-        ids = input_ids[:, -room:]  # keep the end of a prompt that would not fit
-        caches = [KVCache() for _ in self.transformer.h]
-        x = ids  # the first step feeds the whole prompt, later steps one token
-        for _ in range(max_new_tokens):
-            logits = self.lm_head(self.hidden_states(x, caches)[:, -1])  # (B, vocab)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits.float() / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-            ids = torch.cat([ids, nxt], dim=1)
-            x = nxt
+        if input_ids.shape[1] > room:
+            warnings.warn(f"the prompt's {input_ids.shape[1]} tokens and {max_new_tokens} new ones exceed the "
+                          f"context of {self.config.n_positions}: only the prompt's last {room} tokens are read",
+                          stacklevel=2)
+        ids = input_ids[:, -room:]
+        was_training = self.training
+        self.eval()  # dropout would add noise to every step's scores
+        try:
+            caches = [KVCache() for _ in self.transformer.h]
+            x = ids  # the first step feeds the whole prompt, later steps one token
+            for _ in range(max_new_tokens):
+                logits = self.lm_head(self.hidden_states(x, caches)[:, -1])  # (B, vocab)
+                x = next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                ids = torch.cat([ids, x], dim=1)
+        finally:
+            self.train(was_training)
         return ids

@@ -170,6 +170,14 @@ def probability(text: str) -> float:
     return v
 
 
+def unit_interval(text: str) -> float:
+    """A fraction in (0, 1]: --top-p (1 keeps every token)."""
+    v = _finite_number(text)
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return v
+
+
 def add_model_args(p, default_model="gpt2"):
     g = p.add_argument_group("model")
     g.add_argument("--model", "--model_name_or_path", dest="model", default=default_model,
@@ -428,5 +436,10 @@ def evaluate_parser():
                    help="below 1: safer, above 1: wilder; 0: always the most likely token (default: %(default)s)")
     g.add_argument("--top-k", type=non_negative_int, default=50,
                    help="sample among the k most likely tokens only; 0: all (default: %(default)s)")
+    g.add_argument("--top-p", type=unit_interval, default=1.0,
+                   help="nucleus sampling: among the fewest most likely tokens that hold this much of the "
+                        "probability, e.g. 0.9; 1: all (default: %(default)s; see gpt2/sampling.py)")
+    g.add_argument("--num-samples", type=positive_int, default=1,
+                   help="continuations of the prompt to sample, each its own draw (default: %(default)s)")
     g.add_argument("--seed", type=seed, default=42, help="the same seed gives the same sample (default: %(default)s)")
     return p
