@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -75,6 +76,22 @@ def deny_open(monkeypatch, path):
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def temp_folder_inside_basetemp(tmp_path_factory):
+    """The system temp folder, for the tests and their subprocesses, is a folder of pytest's own.
+
+    What a library writes there (transformers' Trainer, torch's compile cache, tempfile
+    in our code) is then removed with pytest's folders (pytest.ini: kept only for failed
+    tests), instead of piling up in /tmp run after run.
+    """
+    folder = str(tmp_path_factory.mktemp("system-temp"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", folder)  # subprocesses (train.py, torchrun)
+    patch.setattr(tempfile, "tempdir", folder)  # this process
+    yield folder
+    patch.undo()
 
 
 @pytest.fixture
