@@ -217,6 +217,19 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
     return train, val, info
 
 
+def validation_dataset(validation_file, block_size, tokenizer, cache_dir, *, keep_linebreaks=True):
+    """(validation blocks, info) of a validation file alone: run_clm's --do_eval without
+    --do_train, where reading (and tokenizing) the training text would be wasted time."""
+    ids, sha256 = _file_ids(validation_file, tokenizer, cache_dir, keep_linebreaks)
+    val = make_blocks(ids, block_size, str(validation_file))
+    info = {"train_source": None, "demo": False, "block_size": block_size, "train_tokens": 0, "dropped_tokens": 0,
+            "train_blocks": 0, "validation_source": str(validation_file), "validation_blocks": int(len(val)),
+            "train_sha256": None, "validation_sha256": sha256}
+    info["summary"] = (f"validation: {validation_file}: {len(ids):,} tokens -> {len(val):,} blocks of {block_size} "
+                       f"(no training text read: --do_eval alone)")
+    return val, info
+
+
 def _training_ids(train_file, tokenizer, cache_dir, keep_linebreaks):
     """(name, token ids, sha256) of the training text: the file, or the demo corpus."""
     if train_file is not None:

@@ -32,7 +32,7 @@ from gpt2 import distributed
 from .batch import choose_batch, make_probe
 from .cli import BEST_METRICS
 from gpt2.config import GPT2Config
-from .datasets import build_datasets, default_cache_dir
+from .datasets import build_datasets, default_cache_dir, validation_dataset
 from gpt2.errors import UserError
 from .hub import ALIASES, resolve
 from gpt2.lora import add_lora, trainable_parameters
@@ -107,6 +107,11 @@ def setup(args, lr) -> Run:
 
 def load_data(args, tokenizer, block_size):
     """(training blocks, validation blocks or None, info): the text cut into blocks, capped as asked."""
+    if args.do_eval and not args.do_train and args.validation_file:  # evaluating only: no training text
+        val, info = validation_dataset(args.validation_file, block_size, tokenizer,
+                                       args.cache_dir or default_cache_dir(), keep_linebreaks=args.keep_linebreaks)
+        val = val[:args.max_eval_samples] if args.max_eval_samples else val
+        return np.zeros((0, block_size), dtype=val.dtype), val, {**info, "validation_blocks": len(val)}
     train, val, info = build_datasets(args.train_file, args.validation_file, args.validation_split, block_size,
                                       tokenizer, args.cache_dir or default_cache_dir(),
                                       keep_linebreaks=args.keep_linebreaks)

@@ -104,3 +104,27 @@ def test_cli_num_samples_top_p_and_a_cut_prompt(tiny_ckpt, capsys):
 def test_the_system_temp_folder_is_inside_pytests(tmp_path_factory):
     """What tests and libraries write to the temp folder goes with pytest's folders (conftest.py)."""
     assert Path(tempfile.gettempdir()).is_relative_to(tmp_path_factory.getbasetemp())
+
+
+# --- --do_eval alone ---------------------------------------------------------------------
+
+def test_do_eval_alone_reads_only_the_validation_file(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    import json
+
+    import train
+    from conftest import write_text
+    from harness import datasets
+
+    def no_training_text(*a, **k):
+        raise AssertionError("--do_eval alone read the training text")
+
+    monkeypatch.setattr(datasets, "demo_text", no_training_text)  # no --train-file: the demo corpus
+    monkeypatch.setattr(datasets, "build_datasets", no_training_text)
+    val = write_text(tmp_path / "val.txt", 40, seed=1)
+    out = tmp_path / "out"
+    assert train.main(["--do_eval", "--model", tiny_ckpt, "--validation-file", val, "--block-size", "32",
+                       "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--precision", "fp32"]) == 0
+    captured = capsys.readouterr()
+    assert "no training text read" in captured.out
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["eval_samples"] > 0 and results["eval_loss"] > 0

@@ -285,7 +285,7 @@ def test_do_eval_alone_evaluates_only_as_evaluate_py(files, tmp_path, capsys):
 
     reference = tmp_path / "evaluate.json"
     assert evaluate_cli.main([files["ckpt"], "--validation-file", files["val"], "--block-size", "32",
-                              "--cache-dir", files["cache"], "--json", str(reference)]) == 0
+                              "--cache-dir", files["cache"], "--json", str(reference), "--precision", "fp32"]) == 0
     ref = read_json(reference)
     for results in (ours, everything):
         assert results["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6)
