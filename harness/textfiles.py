@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import os
+import sys
 
 from gpt2.errors import UserError
 
@@ -184,6 +185,7 @@ def _json_texts(source, text: str) -> list[str]:
         column = next((key for r in records for key in r), None)
         if column is None:
             raise UserError(f"{source}: the records have no fields")
+        _warn_first_field(source, f'field "{column}"', "no record has a \"text\" field")
     texts = []
     for i, r in enumerate(records):
         if column not in r:
@@ -193,6 +195,12 @@ def _json_texts(source, text: str) -> list[str]:
                             f"{_json_kind(r[column])}, not a string")
         texts.append(r[column])
     return texts
+
+
+def _warn_first_field(source, field, why):
+    """run_clm's silent fallback, said once per file read: a wrong guess here trains on ids or labels."""
+    print(f"warning: {source}: {why}: training on the {field}, the first one (name a field \"text\" "
+          f"to choose)", file=sys.stderr)
 
 
 def _csv_rows(source, text: str):
@@ -227,6 +235,8 @@ def _csv_texts(source, text: str) -> list[str]:
         raise UserError(f"{source}: no rows below the header (the first row)")
     header = rows[0][1]
     column = header.index("text") if "text" in header else 0
+    if "text" not in header:
+        _warn_first_field(source, f'column "{header[0]}"', 'the header has no "text" column')
     texts = []
     for i, (line, row) in enumerate(rows[1:]):
         record = f"record {i + 1} (line {line})"

@@ -128,3 +128,21 @@ def test_do_eval_alone_reads_only_the_validation_file(tiny_ckpt, tmp_path, monke
     assert "no training text read" in captured.out
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_samples"] > 0 and results["eval_loss"] > 0
+
+
+# --- which field of a JSON record, or CSV column, is trained on ---------------------------
+
+def test_a_record_without_text_warns_once_naming_the_field(tmp_path, capsys):
+    from harness.textfiles import read_texts
+
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"id": "a", "body": "x"}\n{"id": "b", "body": "y"}\n', encoding="utf-8")
+    assert read_texts(jsonl) == ["a", "b"]
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and 'the field "id"' in err
+    csv = tmp_path / "d.csv"
+    csv.write_text("label,body\nspam,hello\n", encoding="utf-8")
+    assert read_texts(csv) == ["spam"]
+    assert 'the column "label"' in capsys.readouterr().err
+    jsonl.write_text('{"id": "a", "text": "x"}\n', encoding="utf-8")
+    assert read_texts(jsonl) == ["x"] and capsys.readouterr().err == ""  # "text" is the documented choice
