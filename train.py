@@ -128,7 +128,7 @@ def evaluate_and_finish(out, trainer, train_metrics, interrupt):
         out.set_status("done", note="no final evaluation: Ctrl-C")
     else:
         out.remove(outdir.STATUS)  # a finished run needs no explanation: its results say it all
-    trainer.print(f"saved to {out.path}/" + (" (Ctrl-C: the final evaluation was skipped)" if skipped else ""))
+    trainer.print(f"saved to {os.path.join(os.path.normpath(out.path), '')}" + (" (Ctrl-C: the final evaluation was skipped)" if skipped else ""))
     return 130 if skipped else 0
 
 

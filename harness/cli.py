@@ -239,7 +239,7 @@ REFUSED = {
     ("--adam_beta1", "--adam_beta2", "--adam_epsilon"): "AdamW keeps run_clm's defaults (0.9, 0.999, 1e-8); "
                                                         "change them in gpt2/trainer.py",
     ("--push_to_hub", "--hub_model_id", "--hub_token"): "--out is in the Hugging Face layout: upload it with "
-                                                         "`huggingface-cli upload NAME OUT/`",
+                                                         "`hf upload NAME OUT/` (pip install huggingface_hub)",
     ("--do_predict",): "there is no test split: python evaluate.py OUT/ --validation-file test.txt",
     ("--log_level",): "warnings and errors always go to stderr, metrics to stdout",
 }

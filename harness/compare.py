@@ -18,6 +18,7 @@ each run against the epoch (and eval_loss where it was logged), which shows what
 final numbers hide: a learning rate that diverges, or a run still improving.
 """
 
+import json
 import os
 
 from gpt2.errors import UserError
@@ -159,9 +160,35 @@ def format_table(rows, markdown: bool = False) -> str:
     return "\n".join([fmt(titles), rule] + [fmt(line) for line in cells])
 
 
+def log_entries(directory) -> list:
+    """The run's log: log_history.json, else (a run still going, or stopped) log.jsonl so far."""
+    history = read_run(directory)["log_history"]
+    if history or not os.path.isfile(os.path.join(directory, "log.jsonl")):
+        return history
+    with open(os.path.join(directory, "log.jsonl"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a last line cut by a kill: the curve up to it
+    return entries
+
+
+def no_curve_reason(directory, name) -> str:
+    """Why a run has no loss curve, in words a user can act on."""
+    args = read_run(directory)["run_args"]
+    every, steps = args.get("log_every"), args.get("total_steps")
+    if isinstance(every, int) and isinstance(steps, int) and every > steps:
+        return (f"{name} logged the loss every {every} steps and ran {steps}; train with --log-every "
+                f"{max(1, steps // 50)} (or leave the default, auto) to draw its curve")
+    return f"{name} has no loss in its log"
+
+
 def loss_curves(directory) -> tuple[list, list]:
     """([(epoch, loss)...] of training logs, [(epoch, eval_loss)...] of eval logs)."""
-    history = read_run(directory)["log_history"]
+    history = log_entries(directory)
     train, evals = [], []
     for entry in history:
         if not isinstance(entry, dict):
@@ -187,7 +214,8 @@ def plot_curves(dirs, path) -> None:
 
     curves = [(name, *loss_curves(d)) for d, name in zip(dirs, _run_names(dirs))]
     if not any(train or evals for _, train, evals in curves):
-        raise UserError("none of these runs logged a loss in log_history.json; nothing to plot")
+        reasons = "; ".join(no_curve_reason(d, name) for d, name in zip(dirs, _run_names(dirs)))
+        raise UserError(f"nothing to plot: {reasons}")
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, (name, train, evals) in enumerate(curves):
         color = f"C{i % 10}"  # the same colour for a run's two curves

@@ -146,3 +146,25 @@ def test_a_record_without_text_warns_once_naming_the_field(tmp_path, capsys):
     assert 'the column "label"' in capsys.readouterr().err
     jsonl.write_text('{"id": "a", "text": "x"}\n', encoding="utf-8")
     assert read_texts(jsonl) == ["x"] and capsys.readouterr().err == ""  # "text" is the documented choice
+
+
+# --- evaluate.py --plot on a run that logged nothing ----------------------------------------
+
+def test_plot_says_why_a_run_has_no_curve(tmp_path):
+    import json
+
+    pytest.importorskip("matplotlib")
+    from gpt2.errors import UserError
+    from harness.compare import plot_curves
+
+    run = tmp_path / "quiet"
+    run.mkdir()
+    (run / "run_args.json").write_text(json.dumps({"log_every": 500, "total_steps": 195}))
+    (run / "log_history.json").write_text("[]")
+    with pytest.raises(UserError, match="logged the loss every 500 steps and ran 195; train with --log-every 3"):
+        plot_curves([str(run)], str(tmp_path / "c.png"))
+    # A run still going has no log_history.json yet: its log.jsonl so far is drawn.
+    (run / "log_history.json").unlink()
+    (run / "log.jsonl").write_text('{"loss": 3.0, "epoch": 0.1, "step": 2}\n{"loss": 2.5, "epoch": 0.2, "step": 4}\n')
+    plot_curves([str(run)], str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

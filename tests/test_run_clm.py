@@ -530,7 +530,7 @@ def test_report_to_tensorboard_without_the_package(files, tmp_path, capsys, monk
 REFUSED_CASES = {  # the option, its value, and what the line must point to instead
     "--dataset_name": (["wikitext"], "--train-file"),
     "--streaming": ([], "--train-file"),
-    "--push_to_hub": ([], "huggingface-cli upload"),
+    "--push_to_hub": ([], "hf upload"),
     "--tokenizer_name": (["gpt2"], "vocab.json"),
     "--config_name": (["x"], "config.json"),
     "--config_overrides": (["n_embd=10"], "config.json"),
