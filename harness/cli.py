@@ -330,7 +330,9 @@ def _add_output_args(g):
                    help="when to write a resumable state: no, steps (every --save-every, default 500), epoch")
     g.add_argument("--save-total-limit", "--save_total_limit", dest="save_total_limit", type=positive_int,
                    default=1, help="keep the last N resumable states: resume.pt and resume-<step>.pt (default: 1)")
-    g.add_argument("--log-every", "--logging_steps", dest="log_every", type=positive_int, default=500)
+    g.add_argument("--log-every", "--logging_steps", dest="log_every", type=positive_int_or_auto, default="auto",
+                   help="log the loss every N optimizer steps (default: auto = total steps // 50, at least 1: "
+                        "a loss curve of about 50 points whatever the run's length; run_clm's default is 500)")
     g.add_argument("--logging-first-step", "--logging_first_step", dest="log_first_step", action=Switch,
                    default=False, help="also log the first step")
     g.add_argument("--report-to", "--report_to", dest="report_to", nargs="+", default=["none"], metavar="TO",

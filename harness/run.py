@@ -21,6 +21,7 @@ other processes wait; then they find both on disk (two processes appending to th
 same download would corrupt it, and tokenizing N times is wasted time).
 """
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from gpt2.config import GPT2Config
 from .datasets import build_datasets, default_cache_dir, validation_dataset
 from gpt2.errors import UserError
 from .hub import ALIASES, resolve
+from .report import format_lr
 from gpt2.lora import add_lora, trainable_parameters
 from gpt2.model import GPT2
 from gpt2.precision import resolve_precision, use_tf32
@@ -94,15 +96,42 @@ def setup(args, lr) -> Run:
         torch.manual_seed(args.seed)  # the adapters' random init (A) is part of the run: the seed decides it
         add_lora(model, args.lora, args.lora_alpha, args.lora_dropout, args.lora_targets)
     micro, accum, batch_note = choose_micro_batch(args, model, train_blocks.shape[1], precision, dist, device)
-    cfg = train_config(args, lr, precision, micro, accum)
+    steps = planned_steps(len(train_blocks), micro, accum, dist.world_size, args.epochs, args.max_steps)
+    cfg = train_config(args, lr, precision, micro, accum, steps)
     if dist.is_main and cfg.eval_strategy != "no" and val_blocks is None:
         print("warning: evaluations during training asked for, but there is no validation data "
               "(--validation-split 0 and no --validation-file): none will run", file=sys.stderr)
-    trainable, total = trainable_parameters(model)
-    notes = [f"precision {precision}: {why}", f"loss: {chunk_why}", f"attention: {recompute_why}",
-             f"parameters: {trainable:,} trainable of {total:,}" + (f" (LoRA rank {args.lora})" if args.lora else "")]
+    notes = [f"model: {args.model}" + (f" ({model_dir})" if model_dir != args.model else ""),
+             f"precision {precision}: {why}", f"loss: {chunk_why}", f"attention: {recompute_why}",
+             *training_notes(args, model, cfg, steps)]
     notes += [batch_note] if batch_note else []
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
+
+
+def training_notes(args, model, cfg, steps) -> list[str]:
+    """The header's lines on what training will do: parameters, rate and schedule, logging, output."""
+    trainable, total = trainable_parameters(model)
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * steps)  # as the Trainer counts them
+    auto = " (auto: about 50 points on the loss curve; --log-every N to change)" if args.log_every == "auto" else ""
+    return [f"parameters: {trainable:,} trainable of {total:,}" + (f" (LoRA rank {args.lora})" if args.lora else ""),
+            f"learning rate {format_lr(cfg.lr)}, {cfg.lr_scheduler} schedule, {warmup} warm-up steps, "
+            f"weight decay {cfg.weight_decay:g}",
+            f"loss logged every {cfg.log_every} steps{auto}",
+            f"output: {os.path.join(os.path.normpath(args.out), '')}"]
+
+
+def planned_steps(n_blocks, micro, accum, world_size, epochs, max_steps) -> int:
+    """Optimizer steps the run will take: --max-steps, else epochs x steps per epoch (as the Trainer)."""
+    steps_per_epoch = math.ceil(math.ceil(n_blocks / micro) / (accum * world_size))
+    return max_steps if max_steps > 0 else math.ceil(epochs * steps_per_epoch)
+
+
+def auto_log_every(asked, total_steps) -> int:
+    """--log-every: N as given; auto: about 50 log lines whatever the run's length (at least every step).
+
+    run_clm's fixed 500 logs nothing at all in a run of fewer steps: no curve to draw.
+    """
+    return asked if asked != "auto" else max(1, total_steps // 50)
 
 
 def load_data(args, tokenizer, block_size):
@@ -182,14 +211,15 @@ def choose_micro_batch(args, model, block_size, precision, dist, device):
     return micro, accum, note
 
 
-def train_config(args, lr, precision, batch_size, grad_accum) -> TrainConfig:
+def train_config(args, lr, precision, batch_size, grad_accum, total_steps) -> TrainConfig:
     """The TrainConfig for these flags; run_clm's strategies resolved to step counts."""
+    log_every = auto_log_every(args.log_every, total_steps)
     return TrainConfig(
         lr=lr, epochs=args.epochs, max_steps=max(0, args.max_steps), batch_size=batch_size,
         grad_accum=grad_accum, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm,
-        seed=args.seed, log_every=args.log_every, log_first_step=args.log_first_step,
-        eval_strategy=eval_strategy(args), eval_every=args.eval_every or args.log_every,
+        seed=args.seed, log_every=log_every, log_first_step=args.log_first_step,
+        eval_strategy=eval_strategy(args), eval_every=args.eval_every or log_every,
         eval_batch_size=args.eval_batch_size, save_strategy=save_strategy(args),
         save_every=args.save_every if args.save_every > 0 else 500, save_total_limit=args.save_total_limit,
         save_best=args.save_best, best_metric=BEST_METRICS[args.best_metric], patience=args.patience,
@@ -219,4 +249,4 @@ def describe(args, run: Run, total_steps: int) -> dict:
             "block_size": run.train_blocks.shape[1], "precision": cfg.precision,
             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": run.dist.world_size,
             "effective_batch": cfg.batch_size * cfg.grad_accum * run.dist.world_size,
-            "total_steps": total_steps, "data": {k: v for k, v in run.data_info.items() if k != "summary"}}
+            "total_steps": total_steps, "log_every": cfg.log_every, "data": {k: v for k, v in run.data_info.items() if k != "summary"}}

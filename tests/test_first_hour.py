@@ -168,3 +168,77 @@ def test_plot_says_why_a_run_has_no_curve(tmp_path):
     (run / "log.jsonl").write_text('{"loss": 3.0, "epoch": 0.1, "step": 2}\n{"loss": 2.5, "epoch": 0.2, "step": 4}\n')
     plot_curves([str(run)], str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --- a run shows itself: the header, the loss logged whatever the run's length -------------
+
+@pytest.mark.parametrize("n_blocks,micro,accum,world,epochs,max_steps",
+                         [(130, 2, 1, 1, 3.0, 0), (7, 2, 2, 1, 1.0, 0), (7, 2, 1, 2, 2.5, 0), (50, 1, 3, 1, 3.0, 4)])
+def test_planned_steps_are_the_trainers(n_blocks, micro, accum, world, epochs, max_steps, monkeypatch):
+    import numpy as np
+
+    from gpt2 import trainer as trainer_module
+
+    from gpt2.distributed import Dist
+    from gpt2.model import GPT2
+    from gpt2.config import GPT2Config
+    from gpt2.trainer import TrainConfig, Trainer
+    from harness.run import planned_steps
+
+    dist = Dist(world_size=world)
+    monkeypatch.setattr(trainer_module, "DDP", lambda model, **kw: model)  # no process group here
+    model = GPT2(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    cfg = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=micro, grad_accum=accum, progress=False)
+    trainer = Trainer(model, np.zeros((n_blocks, 8), dtype=np.uint16), None, cfg, torch.device("cpu"), None, dist=dist)
+    assert planned_steps(n_blocks, micro, accum, world, epochs, max_steps) == trainer.total_steps
+
+
+def test_auto_log_every():
+    from harness.run import auto_log_every
+
+    assert [auto_log_every("auto", n) for n in (0, 10, 195, 1000)] == [1, 1, 3, 20]
+    assert auto_log_every(500, 195) == 500  # an explicit --log-every / --logging_steps wins
+
+
+def test_a_short_run_logs_its_loss_and_says_what_runs(tiny_ckpt, tmp_path, capsys):
+    import json
+
+    import train
+    from conftest import write_text
+
+    out = tmp_path / "short"
+    text = write_text(tmp_path / "t.txt", 120)
+    assert train.main(["--model", tiny_ckpt, "--train-file", text, "--block-size", "32", "--max-steps", "6",
+                       "--lr", "1e-3", "--lr-scheduler-type", "cosine", "--out", str(out) + "/",
+                       "--cache-dir", str(tmp_path / "cache"), "--precision", "fp32", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    for said in (f"model: {tiny_ckpt}", "learning rate 1e-3, cosine schedule, 0 warm-up steps",
+                 "loss logged every 1 steps (auto", f"output: {out}/", f"saved to {out}/\n"):
+        assert said in stdout, said
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((out / "run_args.json").read_text())["log_every"] == 1
+
+
+def test_progress_lines_at_a_steady_pace():
+    from harness.report import ProgressLines, time_estimate
+
+    now = [0.0]
+    printed = []
+    lines = ProgressLines(total_steps=10, tokens_per_step=2048, every=30, print_fn=printed.append,
+                          clock=lambda: now[0])
+    for step in range(1, 11):
+        now[0] = 20.0 * step  # 20 s a step
+        lines.update(step, loss=3.0 - step / 10)
+    # After step 1 (alive, and how fast), then every 30 s at the earliest (steps 3, 5, 7, 9), and the last.
+    assert [line.split("/")[0] for line in printed] == ["step 1", "step 3", "step 5", "step 7", "step 9", "step 10"]
+    assert printed[0] == "step 1/10 (10%)  loss 2.9000  102 tok/s  elapsed 0:00:20  remaining 0:03:00"
+    assert printed[-1].endswith("elapsed 0:03:20  remaining 0:00:00")
+    # A resumed run: the pace counts this session's steps only.
+    now[0] = 0.0
+    resumed = ProgressLines(total_steps=10, tokens_per_step=100, start_step=8, print_fn=printed.append,
+                            clock=lambda: now[0])
+    now[0] = 5.0
+    assert resumed.update(9, loss=None) == "step 9/10 (90%)  20 tok/s  elapsed 0:00:05  remaining 0:00:05"
+    assert time_estimate(3, 51.0, 195) == ("estimated training time: about 0:55:15 for 195 steps "
+                                           "(17 s a step, measured on the first 3)")
