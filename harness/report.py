@@ -69,6 +69,59 @@ def log_line(entry: dict) -> str:
     return str({k: (round(v, 4) if k in ("loss", "eval_loss", "grad_norm") else v) for k, v in entry.items()})
 
 
+# --- progress where no terminal shows a bar ----------------------------------------------
+
+def format_duration(seconds: float) -> str:
+    """0:02:11 for 131.4 s: whole seconds, for progress and estimates."""
+    return str(datetime.timedelta(seconds=round(max(0.0, seconds))))
+
+
+def progress_line(step, total, loss, tokens_per_second, elapsed, remaining) -> str:
+    """step 40/195 (21%)  loss 3.2141  1,234 tok/s  elapsed 0:02:11  remaining 0:08:30"""
+    loss_text = f"  loss {loss:.4f}" if loss is not None else ""
+    return (f"step {step}/{total} ({100 * step / max(1, total):.0f}%){loss_text}  {tokens_per_second:,.0f} tok/s  "
+            f"elapsed {format_duration(elapsed)}  remaining {format_duration(remaining)}")
+
+
+class ProgressLines:
+    """A run's progress as plain lines at a steady pace, for output that is not a terminal.
+
+    tqdm's bar redraws one line in place; in a file, a pipe or a job's log that is
+    either nothing (the bar is off) or thousands of carriage returns. These lines are
+    what a log reader wants instead: one after the first step (the run is alive, and
+    how fast), then one every `every` seconds, and one at the last step. The remaining
+    time is this session's pace so far times the steps left.
+    """
+
+    def __init__(self, total_steps, tokens_per_step, start_step=0, every=30.0, print_fn=print,
+                 clock=time.monotonic):
+        self.total, self.tokens_per_step, self.every = total_steps, tokens_per_step, every
+        self.print, self.clock = print_fn, clock
+        self.start_step, self.start = start_step, clock()
+        self.last_shown = None  # when the last line was printed
+
+    def update(self, step, loss=None):
+        """After optimizer step `step`: print a line if one is due; the line, or None."""
+        now = self.clock()
+        due = self.last_shown is None or now - self.last_shown >= self.every or step >= self.total
+        if not due or step <= self.start_step:
+            return None
+        elapsed, done = now - self.start, step - self.start_step
+        speed = done * self.tokens_per_step / elapsed if elapsed > 0 else 0.0
+        remaining = elapsed / done * (self.total - step)
+        line = progress_line(step, self.total, loss, speed, elapsed, remaining)
+        self.print(line)
+        self.last_shown = now
+        return line
+
+
+def time_estimate(steps_done, elapsed, total_steps) -> str:
+    """The header's estimate after the first steps: 'about 0:54:10 for 195 steps (17 s a step, from 3)'."""
+    per_step = elapsed / max(1, steps_done)
+    return (f"estimated training time: about {format_duration(per_step * total_steps)} for {total_steps} steps "
+            f"({per_step:.3g} s a step, measured on the first {steps_done})")
+
+
 def summary_writer_class():
     """torch.utils.tensorboard's SummaryWriter; a one-line error if the optional tensorboard package is missing."""
     try:
