@@ -243,7 +243,7 @@ def evaluate_models(args, asked) -> dict:
 
 def print_table(args, measured):
     """The table of runs: saved results, or the numbers just measured on --validation-file."""
-    rows = comparison_rows(args.models, measured if args.validation_file else None)
+    rows = comparison_rows(args.models, measured if args.validation_file else None, args.validation_file)
     print(format_table(rows, markdown=args.markdown))
     if args.json:
         write_json(args.json, rows)

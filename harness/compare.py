@@ -36,6 +36,7 @@ COLUMNS = [
     ("epochs", "epochs"),
     ("effective_batch", "eff. batch"),
     ("precision", "precision"),
+    ("validation", "validation text"),
     ("train_loss", "train_loss"),
     ("eval_loss", "eval_loss"),
     ("perplexity", "perplexity"),
@@ -86,12 +87,34 @@ def _status(directory, run) -> str:
     return f"done ({status['note']})" if status.get("note") else "done"
 
 
-def comparison_rows(dirs, fresh_eval=None) -> list[dict]:
+def validation_text(args, fresh_source=None) -> str | None:
+    """The validation text of a row, short: a file's name, or 'last 5% of train.txt'."""
+    if fresh_source:
+        return os.path.basename(fresh_source)
+    if args.get("validation_file"):
+        return os.path.basename(args["validation_file"])
+    percent = args.get("validation_split")
+    if not args or not percent:
+        return None
+    train = os.path.basename(args["train_file"]) if args.get("train_file") else "the demo corpus"
+    return f"last {percent:g}% of {train}"
+
+
+def _eval_setting(args, fresh_source):
+    """What an eval_loss depends on besides the model: the text (and its bytes) and the block size."""
+    data = args.get("data") or {}
+    text = fresh_source or data.get("validation_sha256") or (validation_text(args), data.get("train_sha256"))
+    return text, args.get("block_size"), args.get("max_eval_samples")
+
+
+def comparison_rows(dirs, fresh_eval=None, fresh_source=None) -> list[dict]:
     """One dict per run directory, with the keys of COLUMNS (None where unknown).
 
     `fresh_eval` maps a directory to eval metrics just measured (evaluate.py with
-    --validation-file); they replace the saved ones, so that all runs are compared on
-    the same text. A directory in it need not be a run directory (a base model).
+    --validation-file `fresh_source`); they replace the saved ones, so that all runs are
+    compared on the same text. A directory in it need not be a run directory (a base model).
+    Each row also says what its eval numbers were measured on ("eval_setting"): rows
+    measured on different texts or block sizes are not comparable (`not_comparable`).
     """
     fresh_eval = fresh_eval or {}
     rows = []
@@ -116,14 +139,35 @@ def comparison_rows(dirs, fresh_eval=None) -> list[dict]:
             "epochs": results.get("epoch", args.get("epochs")),
             "effective_batch": args.get("effective_batch"),
             "precision": args.get("precision"),
+            "validation": validation_text(args, fresh_source if d in fresh_eval else None),
+            "eval_setting": _eval_setting(args, fresh_source if d in fresh_eval else None),
             "train_loss": results.get("train_loss"),
             "eval_loss": results.get("eval_loss"),
             "perplexity": results.get("perplexity"),
             "eval_accuracy": results.get("eval_accuracy"),
-            "train_runtime": results.get("train_runtime"),
+            # A resumed run's train_runtime is its last session's; the whole run's, where recorded.
+            "train_runtime": results.get("train_runtime_total", results.get("train_runtime")),
+            "last_session_only": _resumed(args) and "train_runtime_total" not in results
+                                 and results.get("train_runtime") is not None,
             "status": status,
         })
     return rows
+
+
+def _resumed(args) -> bool:
+    return bool(args.get("resume") or args.get("resume_from"))
+
+
+def not_comparable(rows) -> str | None:
+    """A sentence when the rows' eval numbers were measured on different texts or block sizes, else None."""
+    measured = [r for r in rows if r.get("eval_loss") is not None]
+    settings = {repr(r["eval_setting"]) for r in measured}
+    if len(settings) < 2:
+        return None
+    texts = list(dict.fromkeys(str(r["validation"]) for r in measured))  # in the rows' order, once each
+    return (f"not comparable: eval_loss, perplexity and eval_accuracy were measured on different validation "
+            f"texts or block sizes ({', '.join(texts)}); python evaluate.py RUNS --validation-file FILE "
+            f"measures them all on one")
 
 
 def format_cell(key, value) -> str:
@@ -140,16 +184,33 @@ def format_cell(key, value) -> str:
     return str(value)
 
 
+def _cells(row) -> list[str]:
+    cells = [format_cell(key, row.get(key)) for key, _ in COLUMNS]
+    if row.get("last_session_only"):  # ">=": earlier sessions are missing from the time
+        cells[[key for key, _ in COLUMNS].index("train_runtime")] = ">=" + format_cell("train_runtime",
+                                                                                      row["train_runtime"])
+    return cells
+
+
+def _notes(rows) -> list[str]:
+    notes = [not_comparable(rows)] if not_comparable(rows) else []
+    if any(r.get("last_session_only") for r in rows):
+        notes.append(">= train time: a resumed run whose earlier sessions' time was not recorded (its last session's)")
+    return notes
+
+
 def format_table(rows, markdown: bool = False) -> str:
-    """The rows as an aligned plain-text table, or a GitHub markdown table."""
+    """The rows as an aligned plain-text table, or a GitHub markdown table; notes below it."""
     titles = [title for _, title in COLUMNS]
-    cells = [[format_cell(key, row.get(key)) for key, _ in COLUMNS] for row in rows]
+    cells = [_cells(row) for row in rows]
+    notes = _notes(rows)
     if markdown:
         # '|' inside a cell (a failure reason) would start a new column.
         cells = [[c.replace("|", "\\|") for c in line] for line in cells]
         align = ["---:" if key in NUMERIC else "---" for key, _ in COLUMNS]
         lines = [titles, align] + cells
-        return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+        table = "\n".join("| " + " | ".join(line) + " |" for line in lines)
+        return "\n\n".join([table] + [f"*{note}*" for note in notes])
     widths = [max(len(line[i]) for line in [titles] + cells) for i in range(len(titles))]
 
     def fmt(line):
@@ -157,7 +218,7 @@ def format_table(rows, markdown: bool = False) -> str:
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(titles), rule] + [fmt(line) for line in cells])
+    return "\n".join([fmt(titles), rule] + [fmt(line) for line in cells] + [f"note: {note}" for note in notes])
 
 
 def log_entries(directory) -> list:

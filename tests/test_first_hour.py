@@ -242,3 +242,51 @@ def test_progress_lines_at_a_steady_pace():
     assert resumed.update(9, loss=None) == "step 9/10 (90%)  20 tok/s  elapsed 0:00:05  remaining 0:00:05"
     assert time_estimate(3, 51.0, 195) == ("estimated training time: about 0:55:15 for 195 steps "
                                            "(17 s a step, measured on the first 3)")
+
+
+# --- the table of runs: which text, the whole train time, comparable or not ----------------
+
+def table_run(root, name, args, results):
+    import json
+
+    d = root / name
+    d.mkdir()
+    (d / "run_args.json").write_text(json.dumps({"model": "gpt2", "lr": 1e-4, "block_size": 1024, **args}))
+    (d / "all_results.json").write_text(json.dumps({"train_loss": 2.5, "train_runtime": 100.0, **results}))
+    return str(d)
+
+
+def test_the_table_names_the_validation_text_and_flags_rows_not_comparable(tmp_path):
+    from harness.compare import comparison_rows, format_table
+
+    on_file = table_run(tmp_path, "a", {"validation_file": "/data/val.txt", "data": {"validation_sha256": "1" * 64}},
+                        {"eval_loss": 2.0})
+    same = table_run(tmp_path, "b", {"validation_file": "/other/val.txt", "data": {"validation_sha256": "1" * 64}},
+                     {"eval_loss": 2.1})
+    held_out = table_run(tmp_path, "c", {"train_file": "/data/train.txt", "validation_split": 5.0},
+                         {"eval_loss": 1.5})
+    rows = comparison_rows([on_file, same, held_out])
+    assert [r["validation"] for r in rows] == ["val.txt", "val.txt", "last 5% of train.txt"]
+    md = format_table(rows, markdown=True)
+    assert "| validation text |" in md.splitlines()[0] and "| last 5% of train.txt |" in md
+    assert "not comparable" in md and "val.txt, last 5% of train.txt" in md
+    assert "not comparable" not in format_table(comparison_rows([on_file, same]))  # the same bytes
+    bigger_blocks = table_run(tmp_path, "d", {"validation_file": "/data/val.txt", "block_size": 512,
+                                              "data": {"validation_sha256": "1" * 64}}, {"eval_loss": 2.0})
+    assert "not comparable" in format_table(comparison_rows([on_file, bigger_blocks]))
+    # evaluate.py --validation-file: every row measured on that file, now comparable.
+    fresh = {d: {"eval_loss": 2.0} for d in (on_file, held_out)}
+    rows = comparison_rows([on_file, held_out], fresh, "/tmp/test.txt")
+    assert [r["validation"] for r in rows] == ["test.txt", "test.txt"]
+    assert "not comparable" not in format_table(rows)
+
+
+def test_the_table_shows_a_resumed_runs_whole_train_time(tmp_path):
+    from harness.compare import comparison_rows, format_table
+
+    whole = table_run(tmp_path, "whole", {"resume": True}, {"train_runtime": 100.0, "train_runtime_total": 300.0})
+    partial = table_run(tmp_path, "partial", {"resume": True}, {"train_runtime": 100.0})
+    text = format_table(comparison_rows([whole, partial]))
+    lines = text.splitlines()
+    assert "0:05:00.00" in lines[2] and ">=0:01:40.00" in lines[3]
+    assert "earlier sessions' time was not recorded" in lines[-1]
