@@ -47,6 +47,8 @@ def train(args, lr):
     """One fine-tuning run: set up, train, save. Returns 0, or 130 after Ctrl-C."""
     state = resume_state(args)  # the resumable state to continue from, if any
     outdir.check(args.out, args.overwrite, state)  # before any work: never lose a checkpoint
+    if state:
+        outdir.check_resume_flags(state, args, lr)  # a refused resume costs no loading
     run = setup(args, lr)  # model, tokenizer, blocks, TrainConfig, device, processes
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks: each process its own
     out = outdir.RunDir(args.out, run.dist.is_main)

@@ -40,6 +40,9 @@ import shutil
 import socket
 import time
 
+import torch
+
+from gpt2.checkpoint import MUST_MATCH
 from gpt2.errors import UserError
 from gpt2.files import atomic_path, is_temporary, read_json, write_json
 
@@ -72,6 +75,28 @@ def check(out, overwrite=False, state=None):
     if _used(out) and not overwrite:
         raise UserError(f"--out {out}: directory is not empty; use --overwrite to replace its contents, "
                         f"--resume to continue a run, or another --out")
+
+
+# The settings of checkpoint.MUST_MATCH that the flags alone decide (batch_size and
+# precision may be "auto", resolved only once the model is loaded).
+FLAG_SETTINGS = tuple(k for k in MUST_MATCH if k not in ("batch_size", "precision"))
+
+
+def check_resume_flags(state, args, lr):
+    """--resume with other settings than the interrupted run: refused now, before the model
+    and the data are loaded (checkpoint.load checks everything again, with them at hand)."""
+    try:  # mmap: only the small config is read from a state of hundreds of MB
+        saved = torch.load(state, map_location="cpu", weights_only=True, mmap=True).get("config")
+    except Exception:
+        return  # not readable here: checkpoint.load says why
+    if not isinstance(saved, dict):
+        return
+    mine = {"lr": lr, "epochs": args.epochs, "max_steps": max(0, args.max_steps), "seed": args.seed,
+            "weight_decay": args.weight_decay, "lr_scheduler": args.lr_scheduler, "warmup_steps": args.warmup_steps,
+            "warmup_ratio": args.warmup_ratio, "max_grad_norm": args.max_grad_norm}
+    diff = [f"{k} {mine[k]!r} (saved: {saved[k]!r})" for k in FLAG_SETTINGS if k in saved and saved[k] != mine[k]]
+    if diff:
+        raise UserError(f"--resume: this command differs from the interrupted run: {', '.join(diff)}")
 
 
 def state_file(path) -> str:

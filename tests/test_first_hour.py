@@ -290,3 +290,26 @@ def test_the_table_shows_a_resumed_runs_whole_train_time(tmp_path):
     lines = text.splitlines()
     assert "0:05:00.00" in lines[2] and ">=0:01:40.00" in lines[3]
     assert "earlier sessions' time was not recorded" in lines[-1]
+
+
+# --- a refused --resume costs no loading -----------------------------------------------------
+
+def test_a_refused_resume_loads_nothing(tmp_path, monkeypatch):
+    import train
+    from gpt2.errors import UserError
+    from gpt2.trainer import TrainConfig
+    from dataclasses import asdict
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = {**asdict(TrainConfig(lr=1e-3, max_steps=40)), "progress": None}
+    torch.save({"config": config, "step": 4}, out / "resume.pt")
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model and the data were loaded for a resume that is refused")
+
+    monkeypatch.setattr(train, "setup", no_loading)
+    with pytest.raises(UserError, match=r"differs from the interrupted run: lr 0.0001 \(saved: 0.001\)"):
+        train.main(["--resume", "--out", str(out), "--lr", "1e-4", "--max-steps", "40"])
+    with pytest.raises(AssertionError, match="were loaded"):  # the same settings: on to loading
+        train.main(["--resume", "--out", str(out), "--lr", "1e-3", "--max-steps", "40"])
