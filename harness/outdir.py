@@ -12,6 +12,7 @@ A finished run leaves in --out:
     log.jsonl                        the same, one JSON line each, written as they happen
     status.json                      what the rest of the directory is (see below)
     resume.pt                        only while a run is interrupted (checkpoint.py)
+    checkpoint-<step>/               with --save-every: a model and its resumable state (checkpoints.py)
     best/                            with --save-best: the best evaluation's model
 
 Three rules keep such a directory trustworthy:
@@ -176,13 +177,13 @@ class RunDir:
         for directory in (self.path, self.file("best")):
             if os.path.isdir(directory):
                 for name in os.listdir(directory):
-                    if is_temporary(name):
-                        os.remove(os.path.join(directory, name))
+                    if is_temporary(name):  # a file, or a checkpoint-<step>.tmp-<pid>/ folder
+                        _remove(os.path.join(directory, name))
         if keep_results:
             return
         for name in os.listdir(self.path):
-            if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt", name):
-                os.remove(self.file(name))
+            if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt|checkpoint-\d+", name):
+                _remove(self.file(name))
         for name in RESULT_DIRS:
             if os.path.isdir(self.file(name)):
                 shutil.rmtree(self.file(name))
@@ -224,6 +225,10 @@ class RunDir:
         for src in paths:
             with atomic_path(os.path.join(directory, os.path.basename(src))) as tmp:
                 shutil.copyfile(src, tmp)
+
+
+def _remove(path):
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _take_lock(path, out):

@@ -4,6 +4,7 @@ Each test runs a tiny random GPT-2 (conftest.py) for a few steps at most.
 """
 
 import importlib.util
+import os
 import tempfile
 from pathlib import Path
 
@@ -313,3 +314,62 @@ def test_a_refused_resume_loads_nothing(tmp_path, monkeypatch):
         train.main(["--resume", "--out", str(out), "--lr", "1e-4", "--max-steps", "40"])
     with pytest.raises(AssertionError, match="were loaded"):  # the same settings: on to loading
         train.main(["--resume", "--out", str(out), "--lr", "1e-3", "--max-steps", "40"])
+
+
+# --- checkpoint-<step>/ folders (harness/checkpoints.py; the loop writes them) ---------------
+
+def test_checkpoint_folders_are_models_with_their_state_beside(tiny_ckpt, tmp_path, capsys):
+    import json
+    import shutil
+
+    from conftest import write_text
+    from gpt2.weights import save_checkpoint
+    from harness import checkpoints
+
+    model = load_checkpoint(tiny_ckpt)
+    val = write_text(tmp_path / "val.txt", 40, seed=1)
+
+    def save_model(directory):
+        save_checkpoint(model, directory)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(Path(tiny_ckpt, name), directory)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    args = {"model": tiny_ckpt, "validation_file": val, "block_size": 32}
+    for step in (2, 4, 6):
+        checkpoints.write(str(out), step, save_model, lambda path: torch.save({"step": step}, path), args,
+                          {"global_step": step, "log_history": []})
+    assert [s for s, _ in checkpoints.checkpoints(str(out))] == [2, 4, 6]
+    assert checkpoints.newest_state(str(out)) == str(out / "checkpoint-6" / "resume.pt")
+    assert checkpoints.rotate(str(out), 2) == [str(out / "checkpoint-2")]
+    assert checkpoints.rotate(str(out), 1, keep=[str(out / "checkpoint-4")]) == []  # the best stays
+    # A save killed half-way leaves a temporary folder, never a checkpoint-<step>/ that is not whole.
+    with pytest.raises(RuntimeError):
+        checkpoints.write(str(out), 8, save_model, lambda path: (_ for _ in ()).throw(RuntimeError("disk full")),
+                          args, {})
+    assert [s for s, _ in checkpoints.checkpoints(str(out))] == [4, 6] and sorted(os.listdir(out)) == \
+        ["checkpoint-4", "checkpoint-6"]
+    # evaluate.py measures a checkpoint folder on the run's validation text, transformers opens it.
+    assert evaluate_cli.main([str(out / "checkpoint-6"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "***** eval metrics *****" in capsys.readouterr().out
+    from transformers import GPT2LMHeadModel
+
+    theirs = GPT2LMHeadModel.from_pretrained(out / "checkpoint-6").eval()
+    ids = torch.randint(0, 50257, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(theirs(ids).logits, model.eval()(ids)[0], atol=1e-5)
+    assert json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+
+
+def test_overwrite_removes_the_old_runs_checkpoint_folders_and_claim_their_half_saves(tmp_path):
+    from harness.outdir import RunDir
+
+    out = tmp_path / "out"
+    for name in ("checkpoint-3", "checkpoint-5.tmp-123"):
+        (out / name).mkdir(parents=True)
+        (out / name / "model.safetensors").write_bytes(b"x")
+    (out / "notes.txt").write_text("mine")
+    run = RunDir(str(out)).claim(overwrite=True)
+    run.release()
+    assert sorted(os.listdir(out)) == ["notes.txt"]  # not train.py's: left alone
