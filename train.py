@@ -6,7 +6,7 @@
     python train.py --train-file my.txt --lr 1e-3,1e-4,5e-5 --out runs/   # one run each, a table
     python train.py --model gpt2-xl --lora 8 --checkpointing --plan  # will it fit? (no download)
 
-run_clm.py's flags are accepted too (see README: "From run_clm.py"). One run reads
+run_clm.py's flags are accepted too (docs/run_clm.md). One run reads
 top to bottom: parse the flags, set up (harness/run.py), train (gpt2/loop.py, with
 harness/hooks.py writing the run directory), save (harness/outdir.py).
 """

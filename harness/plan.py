@@ -256,7 +256,7 @@ def main(args) -> int:
     return 0
 
 
-# --- the README's table: what fits where ---------------------------------------------------------
+# --- the table of docs/memory.md: what fits where ---------------------------------------------------------
 
 FITS_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 FITS_MEMORY_GB = (8, 12, 16, 24)
@@ -390,6 +390,6 @@ def docstring_tables() -> list:
     return [_state_table(), _block_table(), _activation_table(), _options_table(), _lora_table(), _measured_table()]
 
 
-if __name__ == "__main__":  # python -m harness.plan: the README's table (fits_table)
+if __name__ == "__main__":  # python -m harness.plan: the table of docs/memory.md (fits_table)
     print(fits_table())
     sys.exit(0)
