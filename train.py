@@ -6,9 +6,9 @@
     python train.py --train-file my.txt --lr 1e-3,1e-4,5e-5 --out runs/   # one run each, a table
     python train.py --model gpt2-xl --lora 8 --checkpointing --plan  # will it fit? (no download)
 
-run_clm.py's flags are accepted too (see README: "From run_clm.py"). One run reads
-top to bottom: parse the flags, set up (harness/run.py), train (gpt2/trainer.py: the
-loop), save (harness/outdir.py: the run directory).
+run_clm.py's flags are accepted too (docs/run_clm.md). One run reads
+top to bottom: parse the flags, set up (harness/run.py), train (gpt2/loop.py, with
+harness/hooks.py writing the run directory), save (harness/outdir.py).
 """
 
 import os
@@ -16,17 +16,19 @@ import sys
 
 import torch
 
-from gpt2 import checkpoint
-from harness import hub, lr_finder, outdir, plan, sweep
-from harness.cli import train_parser
-from harness.signals import Interrupt
-from gpt2.errors import UserError, run_cli
+from gpt2 import checkpoint, loop
+from gpt2.errors import NonFiniteLoss, UserError, run_cli
 from gpt2.evaluation import evaluate
 from gpt2.lora import merged_model, save_adapter
-from harness.report import Logger, metrics_block, summary_writer_class
-from harness.run import describe, setup
+from gpt2.loop import History
 from gpt2.trainer import Trainer
 from gpt2.weights import save_checkpoint
+from harness import hub, lr_finder, outdir, plan, sweep
+from harness.cli import train_parser
+from harness.hooks import RunHooks, bytes_needed
+from harness.report import Logger, metrics_block, summary_writer_class
+from harness.run import describe, setup
+from harness.signals import Interrupt
 
 
 def main(argv=None):
@@ -44,7 +46,7 @@ def main(argv=None):
 
 
 def train(args, lr):
-    """One fine-tuning run: set up, train, save. Returns 0, or 130 after Ctrl-C."""
+    """One fine-tuning run: set up, train, save. Returns 0, or 130 after a signal."""
     state = resume_state(args)  # the resumable state to continue from, if any
     outdir.check(args.out, args.overwrite, state)  # before any work: never lose a checkpoint
     if state:
@@ -62,33 +64,46 @@ def train(args, lr):
     interrupt = Interrupt(announce=run.dist.is_main)
     logger = Logger(out_dir=args.out, tensorboard=wants_tensorboard(args)) if run.dist.is_main else \
         Logger(print_fn=lambda *a, **k: None)
-    trainer = Trainer(run.model, run.train_blocks, run.val_blocks, run.cfg, run.device, args.out, dist=run.dist,
-                      save_model=save_model, interrupt=interrupt, logger=logger, data_fingerprint=run.data_info)
-    out.claim(args.overwrite, state, need_bytes=checkpoint.bytes_needed(trainer))
+    trainer = Trainer(run.model, run.train_blocks, run.cfg, run.device, run.dist)
+    hooks = RunHooks(args.out, run.dist, logger, interrupt, save_model, run.data_info, run.cfg.progress)
+    history = History(run.device)
+    out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer))
     try:
-        with interrupt:  # from here on, Ctrl-C keeps what was earned (control.py)
+        with interrupt:  # from here on, a signal keeps what was earned (harness/signals.py)
             for note in run.notes:
-                trainer.print(note)
+                hooks.print(note)
             if state:
-                checkpoint.load(trainer, state)
-                trainer.print(f"resuming at step {trainer.step} of {trainer.total_steps}")
+                resume(trainer, history, state, run.data_info, hooks)
             out.start()
-            train_metrics = trainer.train()
-            if trainer.stop_reason == "interrupted":
+            reason, train_metrics = loop.train(trainer, run.val_blocks, hooks, history)
+            if reason == "interrupted":
+                hooks.print(f"interrupted at step {trainer.step}: resumable state saved in {args.out}; "
+                            f"run the same command with --resume to continue")
                 out.set_status("interrupted", step=trainer.step)
                 return 130
             with interrupt.deferred():  # the trained model is written whole, even if Ctrl-C comes twice
-                save_run(out, save_model, describe(args, run, trainer.total_steps), train_metrics, trainer)
-            return evaluate_and_finish(out, trainer, train_metrics, interrupt)
+                save_run(out, save_model, describe(args, run, trainer.total_steps), train_metrics, history.log)
+            return evaluate_and_finish(out, trainer, run.val_blocks, train_metrics, interrupt, hooks)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         out.record_failure("interrupted", "Ctrl-C twice")
         raise
-    except Exception as e:  # a NaN, a full disk, ...: status.json says why
+    except NonFiniteLoss as e:  # say what is left to go back to
+        out.record_failure("failed", str(e))
+        raise NonFiniteLoss(f"{e}, {hooks.kept()}") from None
+    except Exception as e:  # a full disk, ...: status.json says why
         out.record_failure("failed", str(e))
         raise
     finally:
-        logger.close()
+        hooks.close()
         out.release()
+
+
+def resume(trainer, history, state, data_info, hooks):
+    """Continue from a resumable state: the trainer, the history, and log.jsonl cut back to it."""
+    checkpoint.load(trainer, history, state, data_info)
+    hooks.logger.rewrite(history.log)  # the lines logged after this state are gone
+    hooks.saved_step = trainer.step
+    hooks.print(f"resuming at step {trainer.step} of {trainer.total_steps}")
 
 
 def resume_state(args):
@@ -102,23 +117,23 @@ def wants_tensorboard(args) -> bool:
     return any(to in ("tensorboard", "all") for to in args.report_to)
 
 
-def save_run(out, save_model, run_args, train_metrics, trainer):
+def save_run(out, save_model, run_args, train_metrics, log_history):
     """The trained model first, then what describes it; status "saving" until it is all there."""
     out.set_status("saving")
-    if trainer.dist.is_main:
+    if out.is_main:
         print(metrics_block("train", train_metrics))
         save_model(out.path)
     out.write_json("run_args.json", run_args)
     out.write_json("train_results.json", train_metrics)
-    out.write_json("log_history.json", trainer.control.log_history)
+    out.write_json("log_history.json", log_history)
     out.remove("resume.pt")  # the run is complete: the final model supersedes it
 
 
-def evaluate_and_finish(out, trainer, train_metrics, interrupt):
+def evaluate_and_finish(out, trainer, val_blocks, train_metrics, interrupt, hooks):
     """The final evaluation (skipped after Ctrl-C: the model is saved already), then the results."""
     eval_metrics = None
-    if trainer.val_blocks is not None and not interrupt.requested:
-        eval_metrics = trainer.evaluate(stop=lambda: interrupt.requested)
+    if val_blocks is not None and not interrupt.requested:
+        eval_metrics = trainer.evaluate(val_blocks, stop=lambda: interrupt.requested)
     skipped = interrupt.requested
     if eval_metrics and not skipped:
         eval_metrics = {"epoch": train_metrics["epoch"], **eval_metrics}
@@ -130,7 +145,7 @@ def evaluate_and_finish(out, trainer, train_metrics, interrupt):
         out.set_status("done", note="no final evaluation: Ctrl-C")
     else:
         out.remove(outdir.STATUS)  # a finished run needs no explanation: its results say it all
-    trainer.print(f"saved to {os.path.join(os.path.normpath(out.path), '')}" + (" (Ctrl-C: the final evaluation was skipped)" if skipped else ""))
+    hooks.print(f"saved to {os.path.join(os.path.normpath(out.path), '')}" + (" (Ctrl-C: the final evaluation was skipped)" if skipped else ""))
     return 130 if skipped else 0
 
 

@@ -93,16 +93,16 @@ def train_argv(args, model_dir, text, out, flags):
 
 
 def predict(argv):
-    """plan.plan for these train.py flags, resolved as `train.py --plan` resolves them."""
+    """memory.plan for these train.py flags, resolved as `train.py --plan` resolves them."""
     import torch
 
-    from harness import plan
+    from harness import memory, plan
     from harness.cli import train_parser
 
     a = train_parser().parse_args(argv)
     cfg = plan.model_config(a.model)
     s, _ = plan.settings_for(a, cfg, torch.device(a.device))
-    return plan.plan(cfg, s)
+    return memory.plan(cfg, s)
 
 
 # --alloc: train.py run after glibc's malloc is tuned as bench.py's "alloc" option does it
@@ -189,7 +189,7 @@ def live_peak(cfg, s):
 def live_main(args):
     import torch
 
-    from harness import plan
+    from harness import memory, plan
     from harness.cli import train_parser
     from gpt2.config import PRESETS
 
@@ -201,8 +201,8 @@ def live_main(args):
         a = train_parser().parse_args(["--precision", "fp32", "--device", "cpu", "--block-size", str(args.block_size),
                                        "--batch-size", str(args.batch_size), *RUNS[name]])
         s, _ = plan.settings_for(a, cfg, torch.device("cpu"))
-        p = plan.plan(cfg, s)
-        fixed = plan.state_bytes(cfg, s)["weights"] + plan.state_bytes(cfg, s)["optimizer"]
+        p = memory.plan(cfg, s)
+        fixed = memory.state_bytes(cfg, s)["weights"] + memory.state_bytes(cfg, s)["optimizer"]
         steps = {k: sum(v.values()) - v["baseline"] - v["malloc_kept"] - fixed
                  for k, v in p.moments.items() if k != "loading the weights"}
         at = max(steps, key=steps.get)

@@ -11,8 +11,8 @@ uninterrupted run would have reached, bit for bit. That takes more than the weig
     scaler       the fp16 loss scale (grown and shrunk over the run)
     rng          the random-number state of each process: dropout masks are random,
                  and the resumed run must draw the same masks as the uninterrupted one
-    step, ...    the loop's counters, the losses not yet logged, the log so far,
-                 the best evaluation (control.py)
+    step, ...    the loop's counters; the History (loop.py): the losses not yet
+                 logged, the log so far, the best evaluation
 
 The data order is not stored: it is a function of (seed, epoch) (data.py,
 `epoch_permutation`), so the resumed run rebuilds it and skips the batches done.
@@ -25,24 +25,21 @@ compares them and refuses a different command in one line that lists the differe
 
 Three guarantees make the file trustworthy:
 * It is written atomically (files.py): a kill during the write leaves the previous
-  resume.pt, never half of one. With --save-total-limit N the N-1 states before it
-  are kept too, as resume-<step>.pt.
+  state, never half of one. (Where the states go, and how many are kept, is the run
+  directory's business: harness/rundir.py.)
 * No state whose weights hold a NaN or an infinity is ever written: a "last good
-  checkpoint" must be good. (The loss of step k is computed before update k, so a
-  finite loss does not prove finite weights.)
+  checkpoint" must be good (loop.py checks the weights before every save).
 * It is loaded with `weights_only=True`, so a tampered file cannot run code when it
   is unpickled, and every part is checked before it is used: a hand-made or damaged
   state is refused in one line, never half applied.
 """
 
 import math
-import os
-import re
 from dataclasses import asdict
 
 import torch
 
-from .errors import NonFiniteLoss, UserError
+from .errors import UserError
 from .files import atomic_path, library_write
 
 # The TrainConfig numbers a resumed run must share with the interrupted one.
@@ -72,100 +69,49 @@ def _lora(t) -> dict | None:
     return asdict(config) if config is not None else None
 
 
-def check_finite_weights(t):
-    """Refuse to go on (and to save) with weights that hold a NaN or an infinity."""
-    for name, p in t.model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise NonFiniteLoss(f"the weights became NaN/inf by step {t.step} ({name}; learning rate or weight "
-                                f"decay too high?); stopped, {kept(t)}")
+def state_dict(t, history, data: dict) -> dict:
+    """The resumable state of Trainer `t` and its History; `data` fingerprints the training text.
 
-
-def kept(t) -> str:
-    """What a run that must stop keeps: the last resume.pt, or nothing."""
-    path = os.path.join(t.out, "resume.pt")
-    return f"the last good checkpoint, {path}, is kept" if os.path.exists(path) else "nothing was saved"
-
-
-def state_dict(t, rng_states, window_losses) -> dict:
-    """The resumable state of Trainer `t`. rng_states and window_losses: one per process, by rank."""
-    c = t.control
+    Under torchrun every process calls it (a collective): weights, optimizer and schedule
+    are the same on every process, but the random-number states and the losses not yet
+    logged differ, so those are gathered, one per process, by rank.
+    """
+    parts = t.dist.all_gather_object((rng_state(t.device), history.window_loss.item()))
     return {
         "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict(),
-        "rng": rng_states, "world_size": t.dist.world_size,
+        "rng": [rng for rng, _ in parts], "world_size": t.dist.world_size,
         "step": t.step, "skipped": t.skipped, "lr_used": t.lr_used,
         # The unlogged steps' losses, one sum per process: added up in the same order
         # as without the interruption, the log is the same.
-        "loss_sum": c.loss_sum, "window_loss": window_losses, "window_steps": c.window_steps,
-        "log_history": c.log_history, "best": c.best, "bad_evals": c.bad_evals,
+        "loss_sum": history.loss_sum, "window_loss": [w for _, w in parts], "window_steps": history.window_steps,
+        "log_history": history.log, "best": history.best, "bad_evals": history.bad_evals,
         "config": _config(t),
         # What else decides the weights: the data and the model (its dropout included).
-        "data_shape": list(t.train_blocks.shape), "data": t.data_fingerprint,
+        "data_shape": list(t.train_blocks.shape), "data": data,
         "model_config": asdict(t.model.config), "lora": _lora(t),
     }
 
 
-def bytes_needed(t) -> int:
-    """Disk space a run needs in OUT: the final model, resume.pt twice (the new one is written
-    beside the old before it replaces it), best/ with --save-best, and some slack."""
-    weights = sum(p.numel() * p.element_size() for p in t.model.state_dict().values())
-    moments = sum(2 * p.numel() * 4 for p in t.model.parameters() if p.requires_grad)  # AdamW, fp32
-    resume = weights + moments
-    return weights * (1 + t.cfg.save_best) + 2 * resume + 16 * 2**20
+def write(state: dict, path: str) -> None:
+    """torch.save, atomically: a kill during the write leaves the previous file whole."""
+    with atomic_path(path) as tmp, library_write(path):
+        torch.save(state, tmp)
 
 
-def save(t):
-    """Write OUT/resume.pt for Trainer `t`, atomically; keep the states before it as asked.
-
-    Under torchrun rank 0 writes it alone: weights, optimizer and schedule are the
-    same on every process. The random-number states and the losses not yet logged
-    differ, so they are gathered first, by every process (a collective: every process
-    calls save); the barrier then keeps the others from running ahead of a file that
-    is not written yet.
-    """
-    check_finite_weights(t)
-    parts = t.dist.all_gather_object((rng_state(t.device), t.control.window_loss.item()))
-    if t.dist.is_main:
-        os.makedirs(t.out, exist_ok=True)
-        path = os.path.join(t.out, "resume.pt")
-        if t.cfg.save_total_limit > 1 and t.control.saved_step is not None and os.path.exists(path):
-            _keep_previous(path, t.control.saved_step, t.cfg.save_total_limit)
-        with atomic_path(path) as tmp, library_write(path):
-            torch.save(state_dict(t, [rng for rng, _ in parts], [w for _, w in parts]), tmp)
-    t.control.saved_step = t.step
-    t.dist.barrier()
-
-
-def _keep_previous(path, step, limit):
-    """Before resume.pt (the state of `step`) is replaced: keep it as resume-<step>.pt, and
-    of those only the newest limit - 1."""
-    directory = os.path.dirname(path)
-    try:
-        os.link(path, os.path.join(directory, f"resume-{step}.pt"))  # a second name for the same file:
-    except FileExistsError:                                          # replacing resume.pt leaves it whole
-        pass
-    except OSError:  # a filesystem without hard links: a copy
-        with atomic_path(os.path.join(directory, f"resume-{step}.pt")) as tmp, open(path, "rb") as src:
-            with open(tmp, "wb") as dst:
-                dst.write(src.read())
-    steps = sorted(int(m[1]) for name in os.listdir(directory) if (m := re.fullmatch(r"resume-(\d+)\.pt", name)))
-    for old in steps[:max(0, len(steps) - (limit - 1))]:
-        os.remove(os.path.join(directory, f"resume-{old}.pt"))
-
-
-def _differences(t, s) -> list[str]:
+def _differences(t, s, data) -> list[str]:
     """What in this command differs from the run saved in state `s`."""
     mine, saved = _config(t), s["config"]
     diff = [f"{k} {mine[k]!r} (saved: {saved.get(k)!r})" for k in MUST_MATCH if saved.get(k, mine[k]) != mine[k]]
     if s.get("data_shape", list(t.train_blocks.shape)) != list(t.train_blocks.shape):
         diff.append(f"training blocks {list(t.train_blocks.shape)} (saved: {s['data_shape']})")
-    data = s.get("data") or {}
+    saved_data = s.get("data") or {}
     for which in ("train", "validation"):
-        theirs, ours = data.get(f"{which}_sha256"), t.data_fingerprint.get(f"{which}_sha256")
+        theirs, ours = saved_data.get(f"{which}_sha256"), data.get(f"{which}_sha256")
         if theirs and ours and theirs != ours:
-            diff.append(f"the {which} text {t.data_fingerprint.get(which + '_source')} changed since the "
+            diff.append(f"the {which} text {data.get(which + '_source')} changed since the "
                         f"interrupted run (sha256 {ours[:12]}..., saved: {theirs[:12]}...)")
     for k, v in asdict(t.model.config).items():
         if s.get("model_config", {}).get(k, v) != v:
@@ -230,27 +176,28 @@ def _check_optimizer(saved, optimizer, path):
                                 f"{tuple(p.shape)}; this state cannot be resumed")
 
 
-def load(t, path):
-    """Continue Trainer `t` from the state in `path`, or a one-line UserError (nothing half applied)."""
+def load(t, history, path, data: dict | None = None):
+    """Continue Trainer `t` and its History from the state in `path`, or a one-line UserError
+    (nothing half applied). `data` fingerprints this run's text, to compare with the saved one."""
     try:
         s = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{path}: not a readable training state ({type(e).__name__})") from None
     _check_parts(s, path, t)
-    diff = _differences(t, s)
+    diff = _differences(t, s, data or {})
     if diff:
         raise UserError(f"--resume: this command differs from the interrupted run: {', '.join(diff)}")
     if s["step"] > t.total_steps:  # the same command, and past its end: not a state save() wrote
         raise UserError(f"{path}: not a usable training state (step {s['step']} of a run of {t.total_steps} steps)")
     _check_optimizer(s["optimizer"], t.optimizer, path)  # the same run: now its moments must fit
     try:
-        _apply(t, s)
+        _apply(t, history, s)
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path}: cannot be loaded into this run ({reason[:200]})") from None
 
 
-def _apply(t, s):
+def _apply(t, history, s):
     t.model.load_state_dict(s["model"])
     t.optimizer.load_state_dict(s["optimizer"])
     t.scheduler.load_state_dict(s["scheduler"])
@@ -261,13 +208,12 @@ def _apply(t, s):
     # else: another number of processes, so other dropout streams anyway; each
     # process keeps the generator seeded by train.py (seed + rank).
     t.step, t.skipped, t.lr_used = s["step"], s["skipped"], s["lr_used"]
-    c = t.control
+    h = history
     windows = s["window_loss"] if isinstance(s["window_loss"], list) else [s["window_loss"]]
     if len(windows) == t.dist.world_size:
-        c.window_loss.fill_(windows[t.dist.rank])  # each process its own sum, as before
+        h.window_loss.fill_(windows[t.dist.rank])  # each process its own sum, as before
     else:  # the whole sum goes to one process; the all-reduce at the next log adds the rest
-        c.window_loss.fill_(sum(windows) if t.dist.is_main else 0.0)
-    c.loss_sum, c.window_steps, c.saved_step = s["loss_sum"], s["window_steps"], s["step"]
-    c.log_history, c.bad_evals = s["log_history"], s["bad_evals"]
-    c.best = tuple(s["best"]) if s.get("best") else None
-    c.logger.rewrite(c.log_history)  # log.jsonl: the lines logged after this state are gone
+        h.window_loss.fill_(sum(windows) if t.dist.is_main else 0.0)
+    h.loss_sum, h.window_steps = s["loss_sum"], s["window_steps"]
+    h.log, h.bad_evals = s["log_history"], s["bad_evals"]
+    h.best = tuple(s["best"]) if s.get("best") else None

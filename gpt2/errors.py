@@ -10,7 +10,7 @@ Two more kinds of ending are the machine's, not the program's, and get one line 
 an OSError the library did not expect (a disk that fills up or turns read-only in the
 middle of a save: the line names the file and the system's reason, exit 1), and a
 second Ctrl-C, which stops at once (exit 130, the shell's code for SIGINT; the first
-Ctrl-C is handled by the run itself, see control.py). Anything else is a real bug
+Ctrl-C is handled by the run itself, see harness/signals.py). Anything else is a real bug
 and keeps its traceback.
 """
 

@@ -147,3 +147,13 @@ def evaluate(model, blocks: np.ndarray, batch_size: int, device, precision: str,
         "eval_steps_per_second": round(steps / runtime, 3) if runtime > 0 else float("inf"),
         "perplexity": perplexity,
     }
+
+
+def is_better(score: float, best: float | None, metric: str) -> bool:
+    """Does this evaluation beat the best so far? eval_accuracy: higher is better; a loss: lower.
+
+    NaN is never better: a model that overflowed is not kept as the best.
+    """
+    if best is None:
+        return score == score  # False for NaN only
+    return score > best if metric == "eval_accuracy" else score < best

@@ -44,8 +44,8 @@
    ones) and fewer passes over (rows, V) memory: no separate log-softmax output, no
    log-softmax backward. On the CPU, where those passes cost, it is faster, not only
    smaller (6-8 % of a GPT-2 124M step at block 256); on a GPU, where the head's
-   matmul is split into smaller ones, it measured 0-14 % slower (the README's
-   performance section), so it is a CPU default and a GPU option. The other common
+   matmul is split into smaller ones, it measured 0-14 % slower (docs/performance.md),
+   so it is a CPU default and a GPU option. The other common
    design, torch.utils.checkpoint around each chunk, recomputes the head matmul in
    backward (a fourth matmul) and still runs the log-softmax backward.
 

@@ -108,3 +108,19 @@ def autocast(device: torch.device, precision: str):
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """A GradScaler that is active for fp16 only (for fp32/bf16 its calls pass through)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def scaler_step(scaler: torch.amp.GradScaler, optimizer) -> bool:
+    """The optimizer step through the scaler; False if fp16's gradients overflowed and it was skipped.
+
+    `scaler.step` skips the step when the unscaled gradients hold an inf or a NaN, and
+    `update` then halves the scale. The scaler says nothing else, so a shrunk scale is
+    the sign that the step was skipped (for fp32/bf16 the scaler is off: never skipped).
+    """
+    if not scaler.is_enabled():
+        optimizer.step()
+        return True
+    scale_before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale_before

@@ -8,6 +8,7 @@ One optimizer step, the heart of it all, is `Trainer.optimizer_step`:
     scaler.unscale_(optimizer)                   # back to true gradient values
     clip_grad_norm_(params, max_grad_norm)       # tame rare huge gradients
     scaler.step(optimizer); scaler.update()      # AdamW step, unless fp16 overflowed
+                                                 # (precision.scaler_step)
     scheduler.step()                             # the learning-rate schedule
     optimizer.zero_grad()
 
@@ -67,28 +68,22 @@ below split each step's micro-batches between the processes; skip them on a firs
 reading, distributed.py explains them. With one process they change nothing.
 
 What happens between two steps (logging, the NaN check, evaluation, checkpoints,
-Ctrl-C) is run control, in control.py; the resumable state is checkpoint.py.
+signals) is the loop, in loop.py; the resumable state is checkpoint.py.
 """
 
 import contextlib
 import math
-import os
 import resource
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
-from .control import NoInterrupt, RunControl
 from .data import epoch_permutation, to_batch
 from .distributed import Dist
 from .evaluation import evaluate
-from .precision import autocast, make_scaler
-from .lora import load_adapter
-from .weights import load_into, read_safetensors, save_checkpoint
+from .precision import autocast, make_scaler, scaler_step
 
 
 @dataclass
@@ -111,13 +106,20 @@ class TrainConfig:
     eval_batch_size: int = 8
     save_strategy: str | None = None  # no, steps (every save_every), epoch; None: steps if save_every
     save_every: int = 0
-    save_total_limit: int = 1     # resumable states kept: resume.pt and the newest resume-<step>.pt
+    save_total_limit: int = 1     # resumable states kept
     save_best: bool = False
     best_metric: str = "eval_loss"  # or eval_accuracy (the higher the better)
     patience: int = 0
-    precision: str = "fp32"
+    precision: str = "fp32"       # what the training steps use
+    eval_precision: str = "fp32"  # what evaluations use (precision.py)
     compile: bool = False
     progress: bool = True
+
+
+@dataclass
+class MicroBatch:
+    indices: np.ndarray  # which blocks (rows of train_blocks)
+    weight: float        # its share of the step's predicted tokens: 2/7, 2/7, 2/7, 1/7 in the example
 
 
 def param_groups(model, weight_decay):
@@ -155,22 +157,15 @@ def peak_memory_mb(device) -> float:
 
 
 class Trainer:
-    def __init__(self, model, train_blocks, val_blocks, cfg: TrainConfig, device, out_dir,
-                 dist: Dist | None = None, save_model=None, print_fn=tqdm.write, interrupt=None, logger=None,
-                 data_fingerprint=None):
+    """The model, its optimizer, schedule and scaler, the data order, and where the run stands."""
+
+    def __init__(self, model, train_blocks, cfg: TrainConfig, device, dist: Dist | None = None):
         dist = dist or Dist()
         self.model = model.to(device)
         # (N, T), kept in the ids' small dtype (uint16 for GPT-2: a quarter of int64);
         # each micro-batch is converted on its own by to_batch.
         self.train_blocks = np.asarray(train_blocks)
-        self.val_blocks = val_blocks
-        # Which files the blocks came from, and their sha256 (data.py): kept in resume.pt,
-        # so that a resume on an edited file is refused (checkpoint.py).
-        self.data_fingerprint = data_fingerprint or {}
-        self.cfg, self.device, self.out, self.dist = cfg, device, out_dir, dist
-        # How a model directory is written (weights, and the tokenizer files with them).
-        self.save_model = save_model or (lambda directory: save_checkpoint(self.model, directory))
-        self.print = print_fn if dist.is_main else (lambda *a, **k: None)
+        self.cfg, self.device, self.dist = cfg, device, dist
 
         # Model as the steps see it: maybe compiled, maybe wrapped for several processes.
         self.step_model = torch.compile(model) if cfg.compile else model
@@ -200,9 +195,6 @@ class Trainer:
         self.skipped = 0          # steps the scaler skipped because gradients overflowed
         self.skipped_in_a_row = 0
         self.lr_used = cfg.lr     # the rate of the last step, for the log
-        self.stop_reason = None   # after train(): "completed", "early_stopping" or "interrupted"
-        self.control = RunControl(cfg, dist, device, interrupt or NoInterrupt(), self.print,
-                                  logger)
         self._perm = (None, None)  # (epoch, its permutation of the blocks)
 
     @property
@@ -210,9 +202,9 @@ class Trainer:
         return round(self.step / self.steps_per_epoch, 2)
 
     # --- data order ----------------------------------------------------------------
-    def step_micro_batches(self, step):
-        """Index arrays of the micro-batches this process runs at `step`, and the
-        number of predicted tokens in the whole step (all micro-batches, all processes)."""
+    def step_micro_batches(self, step) -> list[MicroBatch]:
+        """The micro-batches this process runs at `step`, each weighted by its share of the
+        step's predicted tokens (all micro-batches of all processes)."""
         epoch, k = divmod(step, self.steps_per_epoch)
         if self._perm[0] != epoch:  # a new epoch: a new order, a function of (seed, epoch)
             self._perm = (epoch, epoch_permutation(self.n_train, self.cfg.seed, epoch))
@@ -220,23 +212,23 @@ class Trainer:
         bs = self.cfg.batch_size
         first = k * self.micro_per_step
         chunks = [perm[i * bs:(i + 1) * bs] for i in range(first, min(first + self.micro_per_step, self.micro_per_epoch))]
-        tokens = sum(len(c) for c in chunks) * (self.train_blocks.shape[1] - 1)
+        predicted = self.train_blocks.shape[1] - 1  # T-1 predictions per block
+        step_tokens = sum(len(c) for c in chunks) * predicted
         # Round-robin: process r takes chunks r, r + world, ... so that N processes x
         # accumulation A see the same samples as 1 process x accumulation N*A.
-        return chunks[self.dist.rank::self.dist.world_size], tokens
+        mine = [MicroBatch(c, len(c) * predicted / step_tokens) for c in chunks[self.dist.rank::self.dist.world_size]]
+        if not mine:  # a short last step can leave a process without data (distributed.py):
+            mine = [MicroBatch(perm[:1], 0.0)]  # it still joins the gradient all-reduce, with zero weight
+        return mine
 
     # --- one optimizer step: accumulation, scaler, clipping, AdamW, schedule ---------
-    def optimizer_step(self, micro_batches, step_tokens):
+    def optimizer_step(self, micro_batches: list[MicroBatch]):
         """One optimizer step over these micro-batches; (the step's mean loss, grad norm), on the device."""
         model, cfg = self.step_model, self.cfg
         model.train()
-        if not micro_batches:  # a short last step can leave a process without data:
-            micro_batches = [None]  # it still joins the gradient all-reduce, with zero weight
         step_loss = torch.zeros((), device=self.device)
-        for i, idx in enumerate(micro_batches):
-            x = to_batch(self.train_blocks, idx if idx is not None else [0], self.device)  # (b, T)
-            share = x.numel() - x.shape[0] if idx is not None else 0  # predicted tokens: T-1 per block
-            weight = share / step_tokens  # 2/7, 2/7, 2/7, 1/7 in the module docstring's example
+        for i, mb in enumerate(micro_batches):
+            x = to_batch(self.train_blocks, mb.indices, self.device)  # (b, T)
             # (torchrun, distributed.py: DDP averages gradients over the processes; multiply
             # back by world_size so that the sum over all micro-batches of all processes is
             # the mean over the step's tokens. And all-reduce once per step, at its end.)
@@ -247,41 +239,23 @@ class Trainer:
                     # name holding the (b, T, vocab) logits would keep them alive through
                     # backward, hundreds of MB that autograd itself does not need.)
                     loss = model(x, labels=x)[1]
-                self.scaler.scale(loss * weight * self.dist.world_size).backward()
-            step_loss += loss.detach() * weight  # stays on the device: no sync here
+                self.scaler.scale(loss * mb.weight * self.dist.world_size).backward()
+            step_loss += loss.detach() * mb.weight  # stays on the device: no sync here
 
         self.scaler.unscale_(self.optimizer)  # grads / scale: now the true gradients
         # The L2 norm of all gradients as one vector, before clipping (logged as grad_norm).
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.lr_used = self.scheduler.get_last_lr()[0]  # logged: the rate this step used
-        self.scaler.step(self.optimizer)  # skipped if the fp16 gradients held inf/NaN
-        self.scaler.update()
-        if scale_before is not None and self.scaler.get_scale() < scale_before:
-            self.skipped += 1  # overflow: no step was taken, so the schedule waits too
-            self.skipped_in_a_row += 1
-        else:
+        if scaler_step(self.scaler, self.optimizer):  # AdamW, unless fp16's gradients overflowed
             self.scheduler.step()
             self.skipped_in_a_row = 0
+        else:  # no step was taken, so the schedule waits too
+            self.skipped += 1
+            self.skipped_in_a_row += 1
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, grad_norm.detach()
 
-    # --- the loop ------------------------------------------------------------------
-    def train(self) -> dict:
-        """Optimizer steps until the end, an early stop or Ctrl-C (see stop_reason); the train metrics."""
-        self.print(self.describe())
-        start_step, t0 = self.step, time.time()
-        reason = None
-        with self.control.progress(self) as progress:  # the progress bar, Ctrl-C handling
-            while self.step < self.total_steps and reason is None:
-                micro_batches, tokens = self.step_micro_batches(self.step)
-                loss, grad_norm = self.optimizer_step(micro_batches, tokens)
-                self.step += 1
-                progress()
-                reason = self.control.after_step(self, loss, grad_norm)
-        self.stop_reason = self.control.finish(self, reason)
-        return self.metrics(self.step - start_step, time.time() - t0)
-
+    # --- what the loop reports -------------------------------------------------------
     def describe(self) -> str:
         cfg, world = self.cfg, self.dist.world_size
         return (f"training {self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.2f} epochs of "
@@ -289,12 +263,12 @@ class Trainer:
                 f"{cfg.batch_size} micro-batch x {cfg.grad_accum} accumulation x {world} process(es), "
                 f"{cfg.precision}, on {self.device}")
 
-    def metrics(self, steps_run, runtime) -> dict:
+    def metrics(self, loss_sum, steps_run, runtime) -> dict:
         """The Trainer's train metrics block: train_loss over all steps, speeds of this session."""
         samples = self.n_train
         metrics = {
             "epoch": self.epoch,
-            "train_loss": self.control.loss_sum / max(1, self.step),
+            "train_loss": loss_sum / max(1, self.step),
             "train_runtime": runtime,
             "train_samples": samples,
             "train_samples_per_second": round(steps_run / self.steps_per_epoch * samples / runtime, 3),
@@ -306,17 +280,8 @@ class Trainer:
             metrics["train_skipped_steps"] = self.skipped
         return metrics
 
-    # --- evaluation, and the weights of the best evaluation --------------------------
-    def evaluate(self, stop=None):
+    def evaluate(self, val_blocks, stop=None):
         # Each process evaluates its own share of the blocks; the sums are added up.
-        shard = self.val_blocks[self.dist.rank::self.dist.world_size]
-        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device, self.cfg.precision,
+        shard = val_blocks[self.dist.rank::self.dist.world_size]
+        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device, self.cfg.eval_precision,
                         reduce=self.dist.all_reduce_sum, stop=stop)
-
-    def load_weights(self, directory):
-        """The weights save_model wrote into `directory` (best/): under LoRA, the adapter alone."""
-        if getattr(self.model, "lora_config", None) is not None:
-            load_adapter(self.model, directory)
-        else:
-            path = os.path.join(directory, "model.safetensors")
-            load_into(self.model, read_safetensors(path), path)

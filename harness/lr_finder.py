@@ -155,9 +155,9 @@ def range_test(trainer, lr_min, lr_max, steps, beta=BETA, diverge=DIVERGE_FACTOR
     while len(result.lrs) < steps and data_step < 2 * steps + 10:
         lr = trainer.optimizer.param_groups[0]["lr"]  # the rate this step runs at
         skipped_before = trainer.skipped
-        batches, tokens = trainer.step_micro_batches(data_step)
+        batches = trainer.step_micro_batches(data_step)
         data_step += 1
-        step_loss, _ = trainer.optimizer_step(batches, tokens)
+        step_loss, _ = trainer.optimizer_step(batches)
         # Each process holds its share of the step's mean loss: the sum over processes
         # is the mean, and every process then takes the same decision to stop.
         loss = trainer.dist.all_reduce_sum(step_loss.detach().clone()).item()
@@ -245,7 +245,7 @@ def main(args) -> int:
     check(args.out, overwrite=True)  # a directory (or a path for one); only the curve is written there
     run = setup(args, args.lr_max)
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks, as in a training run
-    trainer = Trainer(run.model, run.train_blocks, None, run.cfg, run.device, args.out, dist=run.dist)
+    trainer = Trainer(run.model, run.train_blocks, run.cfg, run.device, run.dist)
     # One epoch at most: every step sees text the model has not been trained on
     # yet, so a falling loss means learning, not memorising earlier batches.
     steps = min(args.find_lr_steps, trainer.steps_per_epoch)
@@ -253,7 +253,8 @@ def main(args) -> int:
         raise UserError(f"one epoch is only {trainer.steps_per_epoch} optimizer step(s), too few for a curve; "
                         f"use more text, or a smaller --block-size, --batch-size or --grad-accum")
     note = f" (one epoch of data; asked for {args.find_lr_steps})" if steps < args.find_lr_steps else ""
-    trainer.print(f"range test: {steps} steps{note}, lr from {args.lr_min:g} to {args.lr_max:g}, effective batch "
+    say = print if run.dist.is_main else (lambda *a, **k: None)
+    say(f"range test: {steps} steps{note}, lr from {args.lr_min:g} to {args.lr_max:g}, effective batch "
                   f"{trainer.micro_per_step * run.cfg.batch_size}, {run.cfg.precision}, on {run.device}")
     bar = tqdm(total=steps, unit="step", dynamic_ncols=True,
                disable=None if args.progress and run.dist.is_main else True)

@@ -46,15 +46,15 @@ from gpt2.weights import load_checkpoint
 
 
 # Rows of the LM head computed at once by default on the CPU (loss.py). Measured with
-# benchmarks/bench.py: see the README's performance section.
+# benchmarks/bench.py: see docs/performance.md.
 DEFAULT_LOSS_CHUNK = 1024
 # On the CPU, attention's T x T part is recomputed in backward (model.py) by default from
 # blocks of this many tokens on. The T x T tensors a block keeps grow with T squared, the
 # rest of its activations with T: for GPT-2's 64-wide heads the first outweigh the rest
 # from about 300 (bf16) to 470 (fp32) tokens. At block 1024 recomputing saves 3.2 GB
 # (124M, micro-batch 2, fp32) for 13 % of the speed; at block 256 it saves 0.15 GB for
-# 5-8 %, so it is done there only with --lora (pick_attention_recompute). See the
-# README's performance section.
+# 5-8 %, so it is done there only with --lora (pick_attention_recompute). See
+# docs/performance.md.
 CPU_ATTENTION_RECOMPUTE_FROM = 512
 
 

@@ -100,6 +100,36 @@ def tiny_ckpt(tmp_path):
     return save_hf(hf_model(**TINY), tmp_path / "tiny")
 
 
+# --- the loop in this process -------------------------------------------------------
+
+def train_loop(model, blocks, cfg, val_blocks=None, out_dir=None):
+    """Trainer + gpt2.loop.train as train.py runs them: (trainer, history, reason, metrics).
+
+    Without out_dir, the base Hooks, silenced (nothing is written); with it, the run
+    directory's hooks, so that --save-every and --save-best write resume.pt and best/.
+    """
+    from types import SimpleNamespace
+
+    from gpt2 import loop
+    from gpt2.trainer import Trainer
+    from gpt2.weights import save_checkpoint
+    from harness.hooks import RunHooks
+    from harness.report import Logger
+
+    t = Trainer(model, blocks, cfg, torch.device("cpu"))
+    quiet = lambda *a, **k: None  # noqa: E731
+    if out_dir is None:
+        hooks = loop.Hooks()
+        hooks.print = quiet
+    else:
+        hooks = RunHooks(str(out_dir), t.dist, Logger(print_fn=quiet), SimpleNamespace(requested=False),
+                         lambda directory: save_checkpoint(model, directory), {}, progress=False)
+        hooks.print = quiet
+    history = loop.History(t.device)
+    reason, metrics = loop.train(t, val_blocks, hooks, history)
+    return t, history, reason, metrics
+
+
 # --- train.py in a subprocess, with one piece of the package patched ----------------
 
 PATCHED_TRAIN = """
@@ -115,7 +145,7 @@ runpy.run_path({train!r}, run_name="__main__")
 def patched_train(tmp_path, patch: str, name: str = "patched_train.py"):
     """A script that runs train.py after `patch` (Python source) replaced a piece of the package.
 
-    The patch runs first, in the script's process, so that e.g. `checkpoint.save = ...`
+    The patch runs first, in the script's process, so that e.g. `RunHooks.save_state = ...`
     is what train.py calls. Patches take their parameters from environment variables
     (KILL_AT, CTRL_C_AT, ...), which torchrun also passes on to its workers.
     """
@@ -134,13 +164,13 @@ def run_python(script, *args, env=None, timeout=300):
 
 # Kill the process (SIGKILL: no cleanup of any kind) right after resume.pt of step KILL_AT is written.
 KILL_AFTER_SAVE = """
-from gpt2 import checkpoint
-save = checkpoint.save
-def save_then_die(t):
-    save(t)
+from harness.hooks import RunHooks
+save = RunHooks.save_state
+def save_then_die(self, t, history):
+    save(self, t, history)
     if t.step == int(os.environ.get("KILL_AT", -1)):
         os.kill(os.getpid(), signal.SIGKILL)
-checkpoint.save = save_then_die
+RunHooks.save_state = save_then_die
 """
 
 # Ctrl-C (SIGINT to this process) during optimizer step CTRL_C_AT.

@@ -65,14 +65,15 @@ def step_or_fail(self, *a):
 
 if os.environ.get("PROBE_OUT"):
     Trainer.__init__ = init_with_hook
-    train = Trainer.train
-    def train_and_report(self):
-        m = train(self)
-        with open(os.path.join(os.environ["PROBE_OUT"], f"rank{rank}.json"), "w") as f:
-            json.dump({"calls": self._probe["calls"], "step_ends": self._probe["step_ends"],
+    from gpt2 import loop
+    train = loop.train
+    def train_and_report(trainer, *a, **k):
+        result = train(trainer, *a, **k)
+        with open(os.path.join(os.environ["PROBE_OUT"], f"rank{trainer.dist.rank}.json"), "w") as f:
+            json.dump({"calls": trainer._probe["calls"], "step_ends": trainer._probe["step_ends"],
                        "seed": torch.initial_seed()}, f)
-        return m
-    Trainer.train = train_and_report
+        return result
+    loop.train = train_and_report
 Trainer.optimizer_step = step_or_fail
 """
 

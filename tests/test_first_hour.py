@@ -190,7 +190,7 @@ def test_planned_steps_are_the_trainers(n_blocks, micro, accum, world, epochs, m
     monkeypatch.setattr(trainer_module, "DDP", lambda model, **kw: model)  # no process group here
     model = GPT2(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
     cfg = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=micro, grad_accum=accum, progress=False)
-    trainer = Trainer(model, np.zeros((n_blocks, 8), dtype=np.uint16), None, cfg, torch.device("cpu"), None, dist=dist)
+    trainer = Trainer(model, np.zeros((n_blocks, 8), dtype=np.uint16), cfg, torch.device("cpu"), dist)
     assert planned_steps(n_blocks, micro, accum, world, epochs, max_steps) == trainer.total_steps
 
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, hf_model, save_hf, write_text
+from conftest import TINY, hf_model, save_hf, train_loop, write_text
 from gpt2.config import GPT2Config
 from gpt2.errors import UserError
 from gpt2.evaluation import evaluate
 from gpt2.lora import (LoRALinear, add_lora, load_adapter, lora_layers, merged_model, read_adapter_config,
                        save_adapter, trainable_parameters)
 from gpt2.model import GPT2
-from gpt2.trainer import TrainConfig, Trainer
+from gpt2.trainer import TrainConfig
 from gpt2.weights import load_checkpoint, save_checkpoint
 
 ALL = ("c_attn", "c_proj", "c_fc")
@@ -100,8 +100,7 @@ def test_training_changes_only_the_adapters(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     blocks = np.random.default_rng(0).integers(0, 50257, size=(8, 16)).astype(np.uint16)
     cfg = TrainConfig(lr=1e-2, max_steps=3, batch_size=2, weight_decay=0.1, progress=False, log_every=100)
-    t = Trainer(model, blocks, None, cfg, torch.device("cpu"), str(tmp_path / "out"), print_fn=lambda *a, **k: None)
-    t.train()
+    t, _, _, _ = train_loop(model, blocks, cfg)
     for k, v in model.state_dict().items():
         if k.endswith(("lora_A", "lora_B")):
             # B moves at step 1; A by weight decay, then by its gradient (zero while B = 0)

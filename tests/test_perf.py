@@ -313,7 +313,8 @@ def test_train_py_with_batch_size_auto(tmp_path, tiny_ckpt):
 
 def test_compile_trains_a_tiny_model():
     """Two steps with torch.compile give the eager losses (skipped without a C compiler)."""
-    from gpt2.trainer import TrainConfig, Trainer
+    from conftest import train_loop
+    from gpt2.trainer import TrainConfig
 
     if not hasattr(torch, "compile") or not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("torch.compile needs a C compiler on the CPU")
@@ -321,14 +322,12 @@ def test_compile_trains_a_tiny_model():
     losses = {}
     for compiled in (False, True):
         cfg = TrainConfig(batch_size=4, max_steps=2, lr=1e-3, compile=compiled, progress=False, log_every=1)
-        t = Trainer(tiny_model(), blocks, None, cfg, torch.device("cpu"), out_dir="/nonexistent",
-                    print_fn=lambda *a, **k: None)
         try:
-            t.train()
+            _, history, _, _ = train_loop(tiny_model(), blocks, cfg)
         except Exception as e:  # inductor's errors have no common base class
             if compiled and "compiler" in str(e).lower():
                 pytest.skip(f"torch.compile does not work here: {str(e).splitlines()[0]}")
             raise
-        losses[compiled] = [e["loss"] for e in t.control.log_history if "loss" in e]
+        losses[compiled] = [e["loss"] for e in history.log if "loss" in e]
     assert len(losses[True]) == 2
     assert np.allclose(losses[True], losses[False], atol=1e-4)

@@ -8,21 +8,21 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from harness import plan
+from harness import memory, plan
 from gpt2.config import PRESETS, GPT2Config
 from gpt2.errors import UserError, run_cli
 from gpt2.lora import add_lora
 from gpt2.model import GPT2
 from gpt2.precision import autocast
 from gpt2.trainer import param_groups
-from conftest import TINY, hf_model, save_hf
+from conftest import ROOT, TINY, hf_model, save_hf
 
 # Two shapes with a small vocabulary (the LM head is not what these tests look at), micro-batch 2.
 SMALL = (GPT2Config(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=2), 64)
 MEDIUM = (GPT2Config(vocab_size=3000, n_positions=256, n_embd=128, n_layer=4, n_head=4), 128)
 
 
-def build(cfg, s: plan.Settings):
+def build(cfg, s: memory.Settings):
     torch.manual_seed(0)
     model = GPT2(cfg, checkpointing=s.checkpointing, loss_chunk=s.loss_chunk,
                  attention_recompute=s.attention_recompute)
@@ -31,7 +31,7 @@ def build(cfg, s: plan.Settings):
     return model.train()
 
 
-def saved_by_autograd(model, s: plan.Settings) -> int:
+def saved_by_autograd(model, s: memory.Settings) -> int:
     """Bytes of the tensors one training forward saves for backward, each storage once, parameters left out."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
@@ -57,15 +57,15 @@ def test_parameter_count_is_exact_for_every_size(name):
     with torch.device("meta"):  # shapes only: no memory
         model = GPT2(cfg)
     params = list(model.parameters())  # the tied LM head is wte: listed once
-    counted = plan.count_parameters(cfg)
+    counted = memory.count_parameters(cfg)
     assert counted.total == counted.trainable == sum(p.numel() for p in params)
     assert counted.trainable_tensors == len(params)
-    assert plan.state_bytes(cfg, plan.Settings())["weights"] == 4 * sum(p.numel() for p in params)
+    assert memory.state_bytes(cfg, memory.Settings())["weights"] == 4 * sum(p.numel() for p in params)
 
     with torch.device("meta"):
         add_lora(model, 8, targets=("c_attn", "mlp.c_proj"))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    counted = plan.count_parameters(cfg, 8, ("c_attn", "mlp.c_proj"))
+    counted = memory.count_parameters(cfg, 8, ("c_attn", "mlp.c_proj"))
     assert counted.trainable == counted.lora == sum(p.numel() for p in trainable)
     assert counted.total == sum(p.numel() for p in model.parameters())
     assert counted.trainable_tensors == len(trainable)
@@ -74,7 +74,7 @@ def test_parameter_count_is_exact_for_every_size(name):
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_gradients_and_adamw_state_are_exact(lora_rank):
     cfg, T = SMALL
-    s = plan.Settings(micro_batch=2, block_size=T, lora_rank=lora_rank)
+    s = memory.Settings(micro_batch=2, block_size=T, lora_rank=lora_rank)
     model = build(cfg, s)
     optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-3, fused=True)  # as trainer.py
     ids = torch.randint(0, cfg.vocab_size, (2, T))
@@ -82,7 +82,7 @@ def test_gradients_and_adamw_state_are_exact(lora_rank):
     grads = sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
     optimizer.step()
     state = sum(t.nbytes for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t))
-    want = plan.state_bytes(cfg, s)
+    want = memory.state_bytes(cfg, s)
     assert grads == want["gradients"]
     assert state == want["optimizer"]
 
@@ -96,8 +96,8 @@ def test_gradients_and_adamw_state_are_exact(lora_rank):
 def test_saved_activations_match_autograd(shape, dropout, checkpointing, loss_chunk):
     cfg, T = shape
     cfg = cfg.with_dropout(dropout)  # 0.1: the CPU's math attention path, 0: its fused kernel
-    s = plan.Settings(micro_batch=2, block_size=T, checkpointing=checkpointing, loss_chunk=loss_chunk)
-    assert plan.saved_bytes(cfg, s) == pytest.approx(saved_by_autograd(build(cfg, s), s), rel=0.05)
+    s = memory.Settings(micro_batch=2, block_size=T, checkpointing=checkpointing, loss_chunk=loss_chunk)
+    assert memory.saved_bytes(cfg, s) == pytest.approx(saved_by_autograd(build(cfg, s), s), rel=0.05)
 
 
 @pytest.mark.parametrize("options", [
@@ -111,16 +111,16 @@ def test_saved_activations_match_autograd(shape, dropout, checkpointing, loss_ch
 def test_saved_activations_match_autograd_with_options(options, dropout):
     cfg, T = MEDIUM
     cfg = cfg.with_dropout(dropout)
-    s = plan.Settings(micro_batch=2, block_size=T, **options)
-    assert plan.saved_bytes(cfg, s) == pytest.approx(saved_by_autograd(build(cfg, s), s), rel=0.05)
+    s = memory.Settings(micro_batch=2, block_size=T, **options)
+    assert memory.saved_bytes(cfg, s) == pytest.approx(saved_by_autograd(build(cfg, s), s), rel=0.05)
 
 
 def test_attention_matrix_only_on_the_cpu_math_path():
     cfg = PRESETS["gpt2"]
-    s = plan.Settings(micro_batch=1, block_size=1024)
-    math = plan.activation_bytes(cfg, s)["one block"]
-    fused = plan.activation_bytes(cfg.with_dropout(0.0), s)["one block"]
-    cuda = plan.activation_bytes(cfg, plan.Settings(micro_batch=1, block_size=1024, device="cuda"))["one block"]
+    s = memory.Settings(micro_batch=1, block_size=1024)
+    math = memory.activation_bytes(cfg, s)["one block"]
+    fused = memory.activation_bytes(cfg.with_dropout(0.0), s)["one block"]
+    cuda = memory.activation_bytes(cfg, memory.Settings(micro_batch=1, block_size=1024, device="cuda"))["one block"]
     # three fp32 (1, 12, 1024, 1024) tensors, against a log-sum-exp of 4 bytes per head and token
     assert math - fused == 3 * 12 * 1024 * 1024 * 4 - 12 * 1024 * 4 + 2 * 768 * 1024 * 4  # + the fp32 masks
     assert cuda - fused == 2 * 768 * 1024  # CUDA: fused attention too, and two bool dropout masks
@@ -149,42 +149,42 @@ def test_peak_of_live_tensors_in_a_step(options):
     from benchmarks.plan_check import live_peak
 
     cfg = GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=2)
-    s = plan.Settings(micro_batch=2, block_size=64, **options)
-    moments = plan.moments(cfg, s)
+    s = memory.Settings(micro_batch=2, block_size=64, **options)
+    moments = memory.moments(cfg, s)
     del moments["loading the weights"]  # before the step: its own test below
-    state = plan.state_bytes(cfg, s)
+    state = memory.state_bytes(cfg, s)
     in_a_step = max(sum(m.values()) - m["baseline"] - m["malloc_kept"] for m in moments.values())
     assert in_a_step - state["weights"] - state["optimizer"] == pytest.approx(live_peak(cfg, s), rel=0.02)
 
 
 def test_cpu_parts_besides_the_tensors():
     cfg = PRESETS["gpt2-medium"]
-    s = plan.Settings(micro_batch=1, block_size=256, loss_chunk=1024, attention_recompute=True)
-    load = plan.plan(cfg, s).moments["loading the weights"]
-    weights = 4 * plan.count_parameters(cfg).total
+    s = memory.Settings(micro_batch=1, block_size=256, loss_chunk=1024, attention_recompute=True)
+    load = memory.plan(cfg, s).moments["loading the weights"]
+    weights = 4 * memory.count_parameters(cfg).total
     # the model, and the file's tensors read one at a time: wte, the largest, twice in flight
-    assert sum(load.values()) == plan.CPU_BASELINE_BYTES + weights + 2 * 4 * cfg.vocab_size * cfg.n_embd
+    assert sum(load.values()) == memory.CPU_BASELINE_BYTES + weights + 2 * 4 * cfg.vocab_size * cfg.n_embd
     # attention's T x T tensors, kept by malloc: four per block on the math path, when under 32 MB
     TT = 16 * 256 * 256 * 4
-    assert plan.malloc_kept_bytes(cfg, s) == 24 * 4 * TT
-    assert plan.malloc_kept_bytes(cfg.with_dropout(0.0), s) == 0  # the fused kernel
-    assert plan.malloc_kept_bytes(cfg, replace(s, micro_batch=8)) == 0  # 32 MB each: mmap()ed, given back
-    assert plan.malloc_kept_bytes(cfg, replace(s, device="cuda")) == 0
-    assert "loading the weights" not in plan.plan(cfg, replace(s, device="cuda")).moments
+    assert memory.malloc_kept_bytes(cfg, s) == 24 * 4 * TT
+    assert memory.malloc_kept_bytes(cfg.with_dropout(0.0), s) == 0  # the fused kernel
+    assert memory.malloc_kept_bytes(cfg, replace(s, micro_batch=8)) == 0  # 32 MB each: mmap()ed, given back
+    assert memory.malloc_kept_bytes(cfg, replace(s, device="cuda")) == 0
+    assert "loading the weights" not in memory.plan(cfg, replace(s, device="cuda")).moments
 
 
 # --- the plan: peak, largest micro-batch, table, JSON -------------------------------------
 
 def test_peak_is_the_largest_moment_and_its_parts_add_up():
-    p = plan.plan(PRESETS["gpt2"], plan.Settings(micro_batch=4, block_size=512, device="cuda", precision="bf16"))
+    p = memory.plan(PRESETS["gpt2"], memory.Settings(micro_batch=4, block_size=512, device="cuda", precision="bf16"))
     totals = {k: sum(v.values()) for k, v in p.moments.items()}
     assert p.peak_bytes == max(totals.values()) == totals[p.peak_at] == sum(p.parts.values())
-    assert set(p.parts) == set(plan.PARTS)
+    assert set(p.parts) == set(memory.PARTS)
 
 
 def test_options_lower_the_peak():
     cfg = PRESETS["gpt2"]
-    s = plan.Settings(micro_batch=8, block_size=1024, device="cuda", precision="bf16")
+    s = memory.Settings(micro_batch=8, block_size=1024, device="cuda", precision="bf16")
     peaks = {(r["checkpointing"], r["loss_chunk"], r["lora_rank"]): r["peak_mb"]
              for r in plan.combinations(cfg, s, lora=True)}
     assert len(peaks) == 8
@@ -194,37 +194,37 @@ def test_options_lower_the_peak():
 
 
 @pytest.mark.parametrize("settings", [
-    plan.Settings(block_size=1024, device="cuda", precision="bf16"),
-    plan.Settings(block_size=512, checkpointing=True, loss_chunk=1024),
-    plan.Settings(block_size=256, device="cuda", lora_rank=8, loss_chunk=256),
+    memory.Settings(block_size=1024, device="cuda", precision="bf16"),
+    memory.Settings(block_size=512, checkpointing=True, loss_chunk=1024),
+    memory.Settings(block_size=256, device="cuda", lora_rank=8, loss_chunk=256),
 ], ids=["cuda-plain", "cpu-ckpt-chunk", "cuda-lora"])
 def test_largest_micro_batch_is_monotonic_and_consistent(settings):
     cfg = PRESETS["gpt2"]
     previous = 0
     for gb in (0.5, 1, 2, 4, 8, 16, 32, 64):
-        memory = int(gb * plan.GB)
-        b = plan.largest_micro_batch(memory, cfg, settings)
+        room = int(gb * memory.GB)
+        b = plan.largest_micro_batch(room, cfg, settings)
         assert b >= previous
         previous = b
         if b:
-            assert plan.plan(cfg, replace(settings, micro_batch=b)).peak_bytes <= memory
-        assert plan.plan(cfg, replace(settings, micro_batch=b + 1)).peak_bytes > memory
+            assert memory.plan(cfg, replace(settings, micro_batch=b)).peak_bytes <= room
+        assert memory.plan(cfg, replace(settings, micro_batch=b + 1)).peak_bytes > room
     assert previous > 1
 
 
 def test_plan_json_has_peak_mb():
-    cfg, s = PRESETS["gpt2-medium"], plan.Settings(micro_batch=1, block_size=256)
-    out = plan.plan_json(cfg, s, memory_bytes=8 * plan.GB, lora=True)
+    cfg, s = PRESETS["gpt2-medium"], memory.Settings(micro_batch=1, block_size=256)
+    out = plan.plan_json(cfg, s, memory_bytes=8 * memory.GB, lora=True)
     assert json.loads(json.dumps(out)) == out
-    assert out["peak_mb"] == round(plan.plan(cfg, s).peak_mb, 1)
+    assert out["peak_mb"] == round(memory.plan(cfg, s).peak_mb, 1)
     assert out["fits"] == (out["peak_mb"] <= 8 * 1024)
-    assert out["largest_micro_batch"] == plan.largest_micro_batch(8 * plan.GB, cfg, s)
+    assert out["largest_micro_batch"] == plan.largest_micro_batch(8 * memory.GB, cfg, s)
     assert len(out["combinations"]) == 8 and sum(r["chosen"] for r in out["combinations"]) == 1
     assert plan.plan_json(cfg, s)["largest_micro_batch"] is None
 
 
 def test_format_plan():
-    text = plan.format_plan(PRESETS["gpt2"], plan.Settings(micro_batch=2, block_size=1024), 8 * plan.GB,
+    text = plan.format_plan(PRESETS["gpt2"], memory.Settings(micro_batch=2, block_size=1024), 8 * memory.GB,
                             name="gpt2")
     assert "memory plan: gpt2, 124.4M parameters" in text
     assert "<- peak" in text and "<- chosen" in text
@@ -234,17 +234,18 @@ def test_format_plan():
 
 def test_settings_are_checked():
     with pytest.raises(UserError):
-        plan.Settings(precision="fp8")
+        memory.Settings(precision="fp8")
     with pytest.raises(UserError):
-        plan.Settings(lora_rank=4, lora_targets="wte")
+        memory.Settings(lora_rank=4, lora_targets="wte")
     with pytest.raises(UserError):
-        plan.plan(PRESETS["gpt2"], plan.Settings(block_size=2048))
-    assert plan.Settings(lora_targets="c_attn, mlp.c_proj").lora_targets == ("c_attn", "mlp.c_proj")
+        memory.plan(PRESETS["gpt2"], memory.Settings(block_size=2048))
+    assert memory.Settings(lora_targets="c_attn, mlp.c_proj").lora_targets == ("c_attn", "mlp.c_proj")
 
 
-def test_docstring_tables_are_computed_by_the_module():
+def test_the_tables_of_docs_plan_md_are_computed_by_the_module():
+    text = (ROOT / "docs" / "plan.md").read_text(encoding="utf-8")
     for table in plan.docstring_tables():
-        assert table in plan.__doc__
+        assert table in text
 
 
 # --- train.py --plan: the flags, read as train.py reads them -----------------------------------
@@ -262,9 +263,9 @@ def cpu_settings(**options):
     from harness import run
 
     recompute = run.pick_attention_recompute(None, torch.device("cpu"), options.get("checkpointing", False),
-                                             options.get("block_size", plan.Settings.block_size),
+                                             options.get("block_size", memory.Settings.block_size),
                                              lora=bool(options.get("lora_rank")))[0]
-    return plan.Settings(device="cpu", loss_chunk=run.DEFAULT_LOSS_CHUNK, attention_recompute=recompute, **options)
+    return memory.Settings(device="cpu", loss_chunk=run.DEFAULT_LOSS_CHUNK, attention_recompute=recompute, **options)
 
 
 def test_plan_of_a_model_directory_reads_config_json_only(tmp_path, capsys):
@@ -276,11 +277,11 @@ def test_plan_of_a_model_directory_reads_config_json_only(tmp_path, capsys):
     assert status == 0
     cfg = GPT2Config.from_json(os.path.join(directory, "config.json"))
     s = cpu_settings(micro_batch=3, block_size=32)
-    counted = plan.count_parameters(cfg)
+    counted = memory.count_parameters(cfg)
     assert f"parameters: {counted.trainable:,} trainable of {counted.total:,}" in out
     assert "memory plan:" in out and "<- peak" in out and "memory to fit: 1,907 MB (--memory)" in out
     written = json.loads(out_json.read_text())
-    assert written["peak_mb"] == round(plan.plan(cfg, s).peak_mb, 1)
+    assert written["peak_mb"] == round(memory.plan(cfg, s).peak_mb, 1)
     assert written["settings"] == {**asdict(s), "lora_targets": list(s.lora_targets)}
     assert written["largest_micro_batch"] == plan.largest_micro_batch(2 * 10**9, cfg, s)
     # the table of options: at block 32 train.py recomputes attention with LoRA alone, and
@@ -328,17 +329,17 @@ def test_plan_of_a_preset_downloads_nothing(tmp_path, capsys, monkeypatch):
     (weights / "gpt2").mkdir()
     GPT2Config(n_layer=3, n_head=4, n_embd=128).to_json(str(weights / "gpt2" / "config.json"))
     status, out = run_plan(["--model", "gpt2", "--weights-dir", str(weights)], capsys)
-    assert status == 0 and f"{plan.count_parameters(GPT2Config(n_layer=3, n_head=4, n_embd=128)).total:,}" in out
+    assert status == 0 and f"{memory.count_parameters(GPT2Config(n_layer=3, n_head=4, n_embd=128)).total:,}" in out
 
 
 def test_memory_changes_the_largest_micro_batch(tmp_path, capsys):
     largest = {}
-    for memory in ("8GB", "16GB"):
+    for room in ("8GB", "16GB"):
         status, out = run_plan(["--model", "gpt2", "--batch-size", "auto", "--block-size", "512",
-                                "--memory", memory, "--json", str(tmp_path / f"{memory}.json")], capsys)
+                                "--memory", room, "--json", str(tmp_path / f"{room}.json")], capsys)
         assert status == 0
-        largest[memory] = json.loads((tmp_path / f"{memory}.json").read_text())["largest_micro_batch"]
-        assert f"the largest that fits in {int(memory[:-2]) * 10**9 / plan.MB:,.0f} MB is {largest[memory]}" in out
+        largest[room] = json.loads((tmp_path / f"{room}.json").read_text())["largest_micro_batch"]
+        assert f"the largest that fits in {int(room[:-2]) * 10**9 / memory.MB:,.0f} MB is {largest[room]}" in out
     s = cpu_settings(micro_batch=2, block_size=512)
     assert largest["8GB"] == plan.largest_micro_batch(8 * 10**9, PRESETS["gpt2"], s)
     assert 0 < largest["8GB"] < largest["16GB"]
@@ -365,7 +366,7 @@ def test_fits_table_cells_are_the_plans_answers():
     for row in rows:
         name, label, cells = row[0].strip("| "), row[1], [int(c.strip(" |")) for c in row[2:]]
         flags = dict(plan.FITS_OPTIONS)[label]
-        s = plan.Settings(block_size=1024, precision="bf16", device="cuda", checkpointing="--checkpointing" in flags,
+        s = memory.Settings(block_size=1024, precision="bf16", device="cuda", checkpointing="--checkpointing" in flags,
                           lora_rank=8 if "--lora" in flags else 0)
         assert cells == [plan.largest_micro_batch(gb * 10**9, PRESETS[name], s) for gb in (8, 24)]
         assert cells[0] <= cells[1]
@@ -386,5 +387,5 @@ def test_plan_for_a_gpu_this_machine_does_not_have(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "bf16 on cuda" in out and "torch.cuda.max_memory_allocated" in out
     cfg = GPT2Config.from_json(os.path.join(directory, "config.json"))
-    s = plan.Settings(micro_batch=2, block_size=32, precision="bf16", device="cuda")
-    assert json.loads((tmp_path / "p.json").read_text())["peak_mb"] == round(plan.plan(cfg, s).peak_mb, 1)
+    s = memory.Settings(micro_batch=2, block_size=32, precision="bf16", device="cuda")
+    assert json.loads((tmp_path / "p.json").read_text())["peak_mb"] == round(memory.plan(cfg, s).peak_mb, 1)

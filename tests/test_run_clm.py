@@ -25,8 +25,10 @@ from safetensors.torch import load_file
 
 import evaluate as evaluate_cli
 import train
-from conftest import KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf, write_text
-from gpt2 import checkpoint
+from conftest import (KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf, train_loop,
+                      write_text)
+from gpt2 import loop
+from harness.hooks import RunHooks
 from harness.cli import REFUSED, SCHEDULES, train_parser
 from gpt2.data import make_blocks, tokenize_texts
 from harness.datasets import build_datasets
@@ -97,29 +99,29 @@ def eval_loss_of(model_dir, blocks):
 
 @pytest.fixture
 def seen_blocks(monkeypatch):
-    """The (training, validation) blocks each Trainer train.py builds is given, in order."""
+    """The (training, validation) blocks each run of train.py trains and evaluates on, in order."""
     seen = []
+    real_train = loop.train
 
-    class Recording(Trainer):
-        def __init__(self, model, train_blocks, val_blocks, *a, **kw):
-            seen.append((np.array(train_blocks), None if val_blocks is None else np.array(val_blocks)))
-            super().__init__(model, train_blocks, val_blocks, *a, **kw)
+    def recording(trainer, val_blocks, *a, **kw):
+        seen.append((np.array(trainer.train_blocks), None if val_blocks is None else np.array(val_blocks)))
+        return real_train(trainer, val_blocks, *a, **kw)
 
-    monkeypatch.setattr(train, "Trainer", Recording)
+    monkeypatch.setattr(loop, "train", recording)
     return seen
 
 
 @pytest.fixture
 def saved_steps(monkeypatch):
-    """The step of every resumable state written (checkpoint.save calls), and the resume*.pt files after it."""
+    """The step of every resumable state written (RunHooks.save_state calls), and the resume*.pt files after it."""
     saves = []
-    save = checkpoint.save
+    save = RunHooks.save_state
 
-    def recording_save(t):
-        save(t)
-        saves.append((t.step, sorted(f for f in os.listdir(t.out) if f.startswith("resume") and f.endswith(".pt"))))
+    def recording_save(self, t, history):
+        save(self, t, history)
+        saves.append((t.step, sorted(f for f in os.listdir(self.out) if f.startswith("resume") and f.endswith(".pt"))))
 
-    monkeypatch.setattr(checkpoint, "save", recording_save)
+    monkeypatch.setattr(RunHooks, "save_state", recording_save)
     return saves
 
 
@@ -208,8 +210,7 @@ def test_schedule_matches_get_scheduler_step_by_step(kind, warmup, files):
     args = train_parser().parse_args(["--lr_scheduler_type", kind, flag, str(value), "--max_steps", str(total)])
     cfg = TrainConfig(lr=3e-4, max_steps=total, lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps,
                       warmup_ratio=args.warmup_ratio, progress=False)
-    t = Trainer(load_checkpoint(files["ckpt"]), np.zeros((4, 32), np.uint16), None, cfg, CPU, "/nonexistent",
-                print_fn=lambda *a, **k: None)
+    t = Trainer(load_checkpoint(files["ckpt"]), np.zeros((4, 32), np.uint16), cfg, CPU)
     expected_warmup = value if flag == "--warmup_steps" else hf_warmup_steps(value, total)
     if flag == "--warmup_ratio":
         assert expected_warmup == math.ceil(value * total)
@@ -345,7 +346,7 @@ EVENT_CASES = {
 @pytest.mark.parametrize("case", list(EVENT_CASES))
 def test_log_eval_and_save_steps_match_the_trainer(case, files, tmp_path, saved_steps):
     """6 examples, micro-batch 2, 2 epochs = 6 steps: the steps at which the Trainer logs,
-    evaluates and saves, and the steps at which train.py does (log_history, checkpoint.save)."""
+    evaluates and saves, and the steps at which train.py does (log_history, RunHooks.save_state)."""
     flags, hf_args = EVENT_CASES[case]
     ref = trainer_events(tmp_path, num_train_epochs=2, **hf_args)
     ours = our_events(files, tmp_path / "o", saved_steps, *flags)
@@ -649,9 +650,8 @@ def test_grad_norm_matches_transformers_trainer(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "epoch_permutation", lambda n, seed, epoch: np.arange(n))
     cfg = TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=2, max_grad_norm=0.5, log_every=1, progress=False)
-    t = Trainer(ours, blocks, None, cfg, CPU, out_dir="/nonexistent", print_fn=lambda *a, **k: None)
-    t.train()
-    logged = t.control.log_history
+    _, history, _, _ = train_loop(ours, blocks, cfg)
+    logged = history.log
     assert len(logged) == len(norms) == 12
     assert all("grad_norm" in e for e in logged)
     assert [e["grad_norm"] for e in logged] == pytest.approx(norms, rel=1e-4)

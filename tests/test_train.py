@@ -13,10 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import (CTRL_C_AT_STEP, KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf,
+                      train_loop,
                       write_text)
 from gpt2 import checkpoint
 from gpt2 import trainer as trainer_module
 from gpt2.errors import NonFiniteLoss
+from gpt2 import loop
+from gpt2.loop import History
 from gpt2.trainer import TrainConfig, Trainer
 from gpt2.weights import load_checkpoint
 
@@ -28,10 +31,10 @@ def random_blocks(n, T=32, seed=0):
 
 
 def train_ours(model, blocks, **cfg):
+    """(trainer, history) after training with these TrainConfig numbers (a log line per step)."""
     cfg = TrainConfig(**{"progress": False, "log_every": 1, **cfg})
-    t = Trainer(model, blocks, None, cfg, torch.device("cpu"), out_dir="/nonexistent", print_fn=lambda *a, **k: None)
-    t.train()
-    return t
+    t, history, _, _ = train_loop(model, blocks, cfg)
+    return t, history
 
 
 def test_matches_transformers_trainer(tmp_path, monkeypatch):
@@ -78,9 +81,9 @@ def test_matches_transformers_trainer(tmp_path, monkeypatch):
     SequentialTrainer(model=hf, args=args, train_dataset=data, callbacks=[Recorder()]).train()
 
     monkeypatch.setattr(trainer_module, "epoch_permutation", lambda n, seed, epoch: np.arange(n))
-    t = train_ours(ours, blocks, lr=1e-3, epochs=2, batch_size=2, grad_accum=2, max_grad_norm=0.5)
-    our_losses = [e["loss"] for e in t.control.log_history]
-    our_lrs = [e["learning_rate"] for e in t.control.log_history]
+    _, history = train_ours(ours, blocks, lr=1e-3, epochs=2, batch_size=2, grad_accum=2, max_grad_norm=0.5)
+    our_losses = [e["loss"] for e in history.log]
+    our_lrs = [e["learning_rate"] for e in history.log]
 
     # transformers divides each micro-batch's summed loss by the step's token count
     # (num_items_in_batch), so the step loss is the sum of its micro-batch losses.
@@ -93,12 +96,13 @@ def test_matches_transformers_trainer(tmp_path, monkeypatch):
 
 def test_accumulation_equals_big_batch(tiny_ckpt):
     blocks = random_blocks(32)
-    small = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=3, batch_size=2, grad_accum=4)
-    big = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=3, batch_size=8, grad_accum=1)
+    small, small_history = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=3, batch_size=2,
+                                      grad_accum=4)
+    big, big_history = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=3, batch_size=8,
+                                  grad_accum=1)
     for (k, a), b in zip(small.model.state_dict().items(), big.model.state_dict().values()):
         assert (a - b).abs().max().item() <= 1e-6, k
-    assert [e["loss"] for e in small.control.log_history] == \
-        pytest.approx([e["loss"] for e in big.control.log_history], abs=1e-5)
+    assert [e["loss"] for e in small_history.log] == pytest.approx([e["loss"] for e in big_history.log], abs=1e-5)
 
 
 def test_short_last_micro_batch_is_weighted_by_tokens(tiny_ckpt):
@@ -227,36 +231,38 @@ def test_resume_refuses_what_else_changes_the_weights(tiny_ckpt, tmp_path):
 
     def trainer(blocks, dropout=None, **cfg):
         cfg = TrainConfig(**{"lr": 1e-3, "max_steps": 4, "progress": False, **cfg})
-        return Trainer(load_checkpoint(tiny_ckpt, dropout=dropout), blocks, None, cfg, torch.device("cpu"),
-                       str(tmp_path), print_fn=lambda *a, **k: None)
+        return Trainer(load_checkpoint(tiny_ckpt, dropout=dropout), blocks, cfg, torch.device("cpu"))
 
-    checkpoint.save(trainer(random_blocks(8)))
+    def load(t, path):
+        checkpoint.load(t, History(t.device), path)
+
+    first = trainer(random_blocks(8))
     state = str(tmp_path / "resume.pt")
-    checkpoint.load(trainer(random_blocks(8)), state)  # the same command resumes
+    checkpoint.write(checkpoint.state_dict(first, History(first.device), {}), state)
+    load(trainer(random_blocks(8)), state)  # the same command resumes
     for other, what in ((trainer(random_blocks(8), max_grad_norm=0.5), "max_grad_norm"),
                         (trainer(random_blocks(9)), "training blocks"),
                         (trainer(random_blocks(8, T=16)), "training blocks"),
                         (trainer(random_blocks(8), dropout=0.3), "attn_pdrop")):
         with pytest.raises(UserError, match=what):
-            checkpoint.load(other, state)
+            load(other, state)
     torch.save({"something": "else"}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a training state"):
-        checkpoint.load(trainer(random_blocks(8)), str(tmp_path / "other.pt"))
+        load(trainer(random_blocks(8)), str(tmp_path / "other.pt"))
 
 
 def test_training_blocks_keep_their_small_dtype(tiny_ckpt):
     """The whole training set is not copied to int64 (4x the memory of GPT-2's uint16 ids)."""
-    t = train_ours(load_checkpoint(tiny_ckpt), random_blocks(8), max_steps=1)
+    t, _ = train_ours(load_checkpoint(tiny_ckpt), random_blocks(8), max_steps=1)
     assert t.train_blocks.dtype == np.uint16
 
 
 def test_non_finite_vote_names_the_same_cause_on_every_process(tiny_ckpt):
     """Under torchrun a NaN on another process is this process's stop too, and its reason."""
-    t = Trainer(load_checkpoint(tiny_ckpt), random_blocks(4), None, TrainConfig(progress=False),
-                torch.device("cpu"), "/nonexistent", print_fn=lambda *a, **k: None)
-    t.control.dist = SimpleNamespace(any=lambda flag: True)  # another process voted "NaN"
+    t = Trainer(load_checkpoint(tiny_ckpt), random_blocks(4), TrainConfig(progress=False), torch.device("cpu"))
+    t.dist = SimpleNamespace(any=lambda flag: True)  # another process voted "NaN"
     with pytest.raises(NonFiniteLoss, match="NaN"):
-        t.control.check_finite(t)
+        loop.check_finite(t, History(t.device))
 
 
 def test_overwrite_leaves_no_stale_eval_results(tiny_ckpt, text_file, tmp_path):
@@ -288,9 +294,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_ckpt, text_file, t
 
     monkeypatch.setattr(model, "forward", poisoned)
     cfg = TrainConfig(lr=1e-3, max_steps=20, batch_size=2, save_every=3, progress=False, log_every=100)
-    t = Trainer(model, blocks, None, cfg, torch.device("cpu"), str(tmp_path / "o"), print_fn=lambda *a, **k: None)
     with pytest.raises(NonFiniteLoss) as e:
-        t.train()
+        train_loop(model, blocks, cfg, out_dir=tmp_path / "o")
     assert "NaN" in str(e.value)
     state = torch.load(tmp_path / "o" / "resume.pt", weights_only=True)
     assert state["step"] == 6  # 3 and 6 were saved with finite losses; nothing after
@@ -397,22 +402,21 @@ def test_early_stopping_keeps_the_best_model(tiny_ckpt, tmp_path, monkeypatch):
     scores = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
     snapshots = {}
 
-    def fake_evaluate(self):
+    def fake_evaluate(self, val_blocks, stop=None):
         snapshots[self.step] = {k: v.clone() for k, v in self.model.state_dict().items()}
         return {"eval_loss": next(scores), "eval_accuracy": 0.0}
 
     monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
     cfg = TrainConfig(lr=1e-3, max_steps=20, batch_size=2, eval_every=2, save_best=True, patience=2,
                       progress=False, log_every=100)
-    t = Trainer(load_checkpoint(tiny_ckpt), random_blocks(16), random_blocks(2), cfg, torch.device("cpu"),
-                str(tmp_path / "o"), print_fn=lambda *a, **k: None)
-    metrics = t.train()
-    assert t.step == 8 and t.control.best == (2.0, 4)
+    t, history, _, metrics = train_loop(load_checkpoint(tiny_ckpt), random_blocks(16), cfg, random_blocks(2),
+                                        out_dir=tmp_path / "o")
+    assert t.step == 8 and history.best == (2.0, 4)
     assert (tmp_path / "o" / "best" / "model.safetensors").is_file()
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, snapshots[4][k]), k
     assert metrics["train_loss"] > 0
-    assert [e["eval_loss"] for e in t.control.log_history if "eval_loss" in e] == [3.0, 2.0, 2.5, 2.6]
+    assert [e["eval_loss"] for e in history.log if "eval_loss" in e] == [3.0, 2.0, 2.5, 2.6]
 
 
 def test_options_that_need_evaluations(tiny_ckpt, text_file, tmp_path):
