@@ -23,7 +23,7 @@ from gpt2.lora import merged_model, save_adapter
 from gpt2.loop import History
 from gpt2.trainer import Trainer
 from gpt2.weights import save_checkpoint
-from harness import hub, lr_finder, outdir, plan, sweep
+from harness import checkpoints, hub, lr_finder, outdir, plan, sweep
 from harness.cli import train_parser
 from harness.hooks import RunHooks, bytes_needed
 from harness.report import Logger, metrics_block, summary_writer_class
@@ -65,7 +65,8 @@ def train(args, lr):
     logger = Logger(out_dir=args.out, tensorboard=wants_tensorboard(args)) if run.dist.is_main else \
         Logger(print_fn=lambda *a, **k: None)
     trainer = Trainer(run.model, run.train_blocks, run.cfg, run.device, run.dist)
-    hooks = RunHooks(args.out, run.dist, logger, interrupt, save_model, run.data_info, run.cfg.progress)
+    hooks = RunHooks(args.out, run.dist, logger, interrupt, save_model, run.data_info, run.cfg.progress,
+                     run_args=describe(args, run, trainer.total_steps))
     history = History(run.device)
     out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer))
     try:
@@ -107,10 +108,14 @@ def resume(trainer, history, state, data_info, hooks):
 
 
 def resume_state(args):
-    """--resume: OUT/resume.pt; --resume-from-checkpoint PATH: that state; else None."""
+    """--resume: OUT/resume.pt, else the state of OUT's newest checkpoint-<step>/ (a finished
+    run keeps only those); --resume-from-checkpoint PATH: that state; else None."""
     if args.resume_from:
         return outdir.state_file(args.resume_from)
-    return os.path.join(args.out, "resume.pt") if args.resume else None
+    if not args.resume:
+        return None
+    latest = os.path.join(args.out, "resume.pt")
+    return latest if os.path.isfile(latest) else (checkpoints.newest_state(args.out) or latest)
 
 
 def wants_tensorboard(args) -> bool:

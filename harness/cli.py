@@ -320,16 +320,20 @@ def _add_output_args(g):
     g.add_argument("--out", "--output_dir", dest="out", default="ckpt", help="output directory (default: %(default)s/)")
     g.add_argument("--overwrite", "--overwrite_output_dir", dest="overwrite", action=Switch, default=False,
                    help="allow writing into a non-empty --out: the old run's results are removed first")
-    g.add_argument("--resume", action="store_true", help="continue the interrupted run saved in --out")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (its resume.pt, else its newest checkpoint-<step>/)")
     g.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from", metavar="PATH",
-                   help="continue from this resumable state (a resume*.pt file, or a directory holding "
-                        "resume.pt); into --out")
+                   help="continue from this resumable state (a resume.pt file, or a directory holding one, "
+                        "such as OUT/checkpoint-50); into --out")
     g.add_argument("--save-every", "--save_steps", dest="save_every", type=int, default=0,
-                   help="write a resumable state every N steps (<= 0: only on Ctrl-C)")
+                   help="every N steps, write OUT/checkpoint-<step>/ as run_clm does: a model (evaluate.py "
+                        "and transformers open it) with its resumable state beside it (<= 0: only a state "
+                        "on Ctrl-C)")
     g.add_argument("--save-strategy", "--save_strategy", dest="save_strategy", choices=STRATEGIES,
                    help="when to write a resumable state: no, steps (every --save-every, default 500), epoch")
     g.add_argument("--save-total-limit", "--save_total_limit", dest="save_total_limit", type=positive_int,
-                   default=1, help="keep the last N resumable states: resume.pt and resume-<step>.pt (default: 1)")
+                   default=1, help="keep the newest N checkpoint-<step>/ folders (default: 1; run_clm keeps all, "
+                                   "each folder is a model and a state: about 2 GB for GPT-2 124M)")
     g.add_argument("--log-every", "--logging_steps", dest="log_every", type=positive_int_or_auto, default="auto",
                    help="log the loss every N optimizer steps (default: auto = total steps // 50, at least 1: "
                         "a loss curve of about 50 points whatever the run's length; run_clm's default is 500)")

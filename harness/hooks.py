@@ -4,39 +4,49 @@ gpt2/loop.py decides, between two steps, when to log, evaluate, save and stop; i
 acts through a `Hooks` object. `RunHooks` is the one train.py passes:
 
     log            the Trainer's log line on the terminal, log.jsonl, TensorBoard (report.py)
-    save_state     OUT/resume.pt, atomically; with --save-total-limit N the N-1 states
-                   before it are kept as resume-<step>.pt
+    save_state     OUT/resume.pt, atomically (the state --resume continues); a periodic
+                   save (--save-every) also leaves OUT/checkpoint-<step>/, a model with
+                   that state beside it, as run_clm does (checkpoints.py); the newest
+                   --save-total-limit of them are kept
     save_best      OUT/best/, a model directory (or the LoRA adapter)
     stop_requested a signal turned into a request (signals.py)
-    after_step     the progress bar
+    after_step     the progress: a bar on a terminal, else a plain line every 30 s
+                   (report.ProgressLines); and after the first steps, the time estimate
 
 Under torchrun only rank 0 prints and writes; every process calls save_state,
 because gathering the random-number states is a collective (checkpoint.py).
 """
 
 import os
-import re
+import shutil
+import sys
 import time
 
 from tqdm import tqdm
 
 from gpt2 import checkpoint
-from gpt2.files import atomic_path
 from gpt2.lora import load_adapter
 from gpt2.loop import Hooks
 from gpt2.weights import load_into, read_safetensors
 
+from . import checkpoints
+from .report import ProgressLines, time_estimate
+
 RESUME = "resume.pt"
+ESTIMATE_AFTER = 3  # steps timed (after the first, which pays for warming up) before the estimate
 
 
 class RunHooks(Hooks):
-    def __init__(self, out_dir, dist, logger, interrupt, save_model, data: dict, progress: bool):
+    def __init__(self, out_dir, dist, logger, interrupt, save_model, data: dict, progress: bool, run_args=None):
         self.out, self.dist, self.logger, self.interrupt = out_dir, dist, logger, interrupt
         self.save_model = save_model  # writes a complete model directory (train.py)
         self.data = data              # the training text's fingerprint, kept in the state
+        self.run_args = run_args or {}  # run_args.json, also written into each checkpoint folder
         self.saved_step = None        # the step of OUT/resume.pt, once this run has one
-        self.show_bar = progress and dist.is_main
-        self.bar = None
+        self.show_progress = progress and dist.is_main
+        self.bar = self.lines = None
+        self.timing = None            # (step, time) after this session's first step, for the estimate
+        self.last_loss = None         # the last logged loss, for the progress lines
 
     def print(self, text):
         if self.dist.is_main:
@@ -44,6 +54,7 @@ class RunHooks(Hooks):
 
     def log(self, entry):
         self.logger.write(entry)
+        self.last_loss = entry.get("loss", self.last_loss)
 
     def stop_requested(self):
         return self.interrupt.requested
@@ -53,11 +64,20 @@ class RunHooks(Hooks):
         if self.dist.is_main:
             os.makedirs(self.out, exist_ok=True)
             path = os.path.join(self.out, RESUME)
-            if trainer.cfg.save_total_limit > 1 and self.saved_step is not None and os.path.exists(path):
-                keep_previous(path, self.saved_step, trainer.cfg.save_total_limit)
             checkpoint.write(state, path)
+            if not self.interrupt.requested:  # a periodic save, not the one a signal asked for
+                self.save_checkpoint_folder(trainer, history, path)
         self.saved_step = trainer.step
-        self.dist.barrier()  # the others wait until the file is written
+        self.dist.barrier()  # the others wait until the files are written
+
+    def save_checkpoint_folder(self, trainer, history, state_path):
+        """OUT/checkpoint-<step>/: the model, and the state just written beside it (a second name
+        for the same file: no extra disk); then only the newest --save-total-limit folders stay."""
+        trainer_state = {"global_step": trainer.step, "epoch": trainer.epoch, "max_steps": trainer.total_steps,
+                         "log_history": history.log}
+        checkpoints.write(self.out, trainer.step, self.save_model, lambda path: link_or_copy(state_path, path),
+                          self.run_args, trainer_state)
+        checkpoints.rotate(self.out, trainer.cfg.save_total_limit)
 
     def save_best(self, trainer):
         self.save_model(os.path.join(self.out, "best"))
@@ -76,20 +96,37 @@ class RunHooks(Hooks):
         path = os.path.join(self.out, RESUME)
         return f"the last good checkpoint, {path}, is kept" if os.path.exists(path) else "nothing was saved"
 
-    # --- the progress bar ---------------------------------------------------------
+    # --- the progress: a bar, or lines; the time estimate --------------------------
     def after_step(self, trainer):
-        if not self.show_bar:
+        if self.dist.is_main:
+            self.estimate(trainer)
+        if not self.show_progress:
             return
-        if self.bar is None:
-            # disable=None: no bar when the output is not a terminal (a log file, CI).
-            self.bar = tqdm(total=trainer.total_steps, initial=trainer.step - 1, unit="step",
-                            dynamic_ncols=True, disable=None)
-            self._start, self._t0, self._shown = trainer.step - 1, time.time(), 0.0
+        if self.bar is None and self.lines is None:
+            if sys.stderr.isatty():
+                self.bar = tqdm(total=trainer.total_steps, initial=trainer.step - 1, unit="step", dynamic_ncols=True)
+                self._start, self._t0, self._shown = trainer.step - 1, time.time(), 0.0
+            else:  # a log file, a pipe, CI: a bar would show nothing (or carriage returns)
+                self.lines = ProgressLines(trainer.total_steps, trainer.tokens_per_step, trainer.step - 1,
+                                           print_fn=lambda line: print(line, file=sys.stderr, flush=True))
+        if self.lines is not None:
+            self.lines.update(trainer.step, self.last_loss)
+            return
         self.bar.update(1)
         if time.time() - self._shown > 1.0:  # the bar's numbers, once a second
             tokens = (trainer.step - self._start) * trainer.tokens_per_step
             self.bar.set_postfix_str(f"{tokens / (time.time() - self._t0):,.0f} tok/s", refresh=False)
             self._shown = time.time()
+
+    def estimate(self, trainer):
+        """The header's last line, once: the whole run's time, from this session's first steps."""
+        if self.timing is None:
+            self.timing = (trainer.step, time.time())  # the first step (warming up) is not timed
+        elif self.timing[0] is not None and trainer.step - self.timing[0] == ESTIMATE_AFTER:
+            session = trainer.total_steps - self.timing[0] + 1  # the steps this session runs
+            if session > 2 * ESTIMATE_AFTER:  # a run that short is nearly over: no estimate
+                self.print(time_estimate(ESTIMATE_AFTER, time.time() - self.timing[1], session))
+            self.timing = (None, None)
 
     def close(self):
         if self.bar is not None:
@@ -97,27 +134,21 @@ class RunHooks(Hooks):
         self.logger.close()
 
 
-def keep_previous(path, step, limit):
-    """Before resume.pt (the state of `step`) is replaced: keep it as resume-<step>.pt, and
-    of those only the newest limit - 1."""
-    directory = os.path.dirname(path)
+def link_or_copy(source, target):
+    """`target` as a second name of `source` (a hard link), or a copy where links are not allowed."""
     try:
-        os.link(path, os.path.join(directory, f"resume-{step}.pt"))  # a second name for the same file:
-    except FileExistsError:                                          # replacing resume.pt leaves it whole
-        pass
-    except OSError:  # a filesystem without hard links: a copy
-        with atomic_path(os.path.join(directory, f"resume-{step}.pt")) as tmp, open(path, "rb") as src:
-            with open(tmp, "wb") as dst:
-                dst.write(src.read())
-    steps = sorted(int(m[1]) for name in os.listdir(directory) if (m := re.fullmatch(r"resume-(\d+)\.pt", name)))
-    for old in steps[:max(0, len(steps) - (limit - 1))]:
-        os.remove(os.path.join(directory, f"resume-{old}.pt"))
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def bytes_needed(trainer) -> int:
     """Disk space a run needs in OUT: the final model, resume.pt twice (the new one is written
-    beside the old before it replaces it), best/ with --save-best, and some slack."""
+    beside the old before it replaces it), best/ with --save-best, and some slack. Periodic
+    saves add the checkpoint folders: --save-total-limit of them and the next one being
+    written, each a model and a state (an older folder keeps its state when resume.pt moves on)."""
     weights = sum(p.numel() * p.element_size() for p in trainer.model.state_dict().values())
     moments = sum(2 * p.numel() * 4 for p in trainer.model.parameters() if p.requires_grad)  # AdamW, fp32
     resume = weights + moments
-    return weights * (1 + trainer.cfg.save_best) + 2 * resume + 16 * 2**20
+    folders = (trainer.cfg.save_total_limit + 1) * (weights + resume) if trainer.cfg.save_strategy != "no" else 0
+    return weights * (1 + trainer.cfg.save_best) + 2 * resume + folders + 16 * 2**20

@@ -106,10 +106,14 @@ def state_file(path) -> str:
 
 
 def continues(state, out) -> bool:
-    """Does resuming from `state` continue the run of `out` (the state lies in it)?"""
+    """Does resuming from `state` continue the run of `out` (the state lies in it, or in one
+    of its checkpoint-<step>/ folders)?"""
     if state is None or not os.path.isdir(out):
         return False
-    return os.path.samefile(os.path.dirname(os.path.abspath(state)), out)
+    directory = os.path.dirname(os.path.abspath(state))
+    if re.fullmatch(r"checkpoint-\d+", os.path.basename(directory)):
+        directory = os.path.dirname(directory)
+    return os.path.samefile(directory, out)
 
 
 def _used(out) -> bool:

@@ -373,3 +373,44 @@ def test_overwrite_removes_the_old_runs_checkpoint_folders_and_claim_their_half_
     run = RunDir(str(out)).claim(overwrite=True)
     run.release()
     assert sorted(os.listdir(out)) == ["notes.txt"]  # not train.py's: left alone
+
+
+# --- the loop's side: progress lines, the estimate, checkpoint folders from --save-every -----
+
+def test_a_run_into_a_file_shows_progress_lines_and_an_estimate(tiny_ckpt, tmp_path, capsys):
+    import train
+    from conftest import write_text
+
+    out = tmp_path / "run"
+    text = write_text(tmp_path / "t.txt", 120)
+    assert train.main(["--model", tiny_ckpt, "--train-file", text, "--block-size", "32", "--max-steps", "8",
+                       "--save-every", "4", "--save-total-limit", "1", "--out", str(out),
+                       "--cache-dir", str(tmp_path / "cache"), "--precision", "fp32"]) == 0
+    captured = capsys.readouterr()  # not a terminal: no bar, plain lines
+    assert "step 1/8 (12%)" in captured.err and "step 8/8 (100%)  loss " in captured.err
+    assert "remaining 0:00:00" in captured.err
+    assert "estimated training time: about " in captured.out and "for 8 steps" in captured.out
+    # --save-every 4: checkpoint-4/ then checkpoint-8/, the older one rotated away; the run's
+    # resume.pt is superseded by the final model, the folder keeps its state.
+    assert sorted(f for f in os.listdir(out) if f.startswith(("checkpoint", "resume"))) == ["checkpoint-8"]
+    assert torch.load(out / "checkpoint-8" / "resume.pt", weights_only=True)["step"] == 8
+    assert evaluate_cli.main([str(out / "checkpoint-8"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "***** eval metrics *****" in capsys.readouterr().out
+
+
+def test_resume_continues_from_the_newest_checkpoint_folder(tmp_path):
+    import argparse
+
+    import train
+    from harness import outdir
+
+    out = tmp_path / "run"
+    for step in (3, 12, 6):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        torch.save({"step": step}, out / f"checkpoint-{step}" / "resume.pt")
+    args = argparse.Namespace(resume=True, resume_from=None, out=str(out))
+    state = train.resume_state(args)
+    assert state == str(out / "checkpoint-12" / "resume.pt")
+    outdir.check(str(out), overwrite=False, state=state)  # continuing its own run: allowed
+    torch.save({"step": 13}, out / "resume.pt")  # a state newer than any folder (Ctrl-C) comes first
+    assert train.resume_state(args) == str(out / "resume.pt")

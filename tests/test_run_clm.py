@@ -113,13 +113,15 @@ def seen_blocks(monkeypatch):
 
 @pytest.fixture
 def saved_steps(monkeypatch):
-    """The step of every resumable state written (RunHooks.save_state calls), and the resume*.pt files after it."""
+    """The step of every resumable state written (RunHooks.save_state calls), and the resume*.pt
+    files and checkpoint-<step>/ folders after it."""
     saves = []
     save = RunHooks.save_state
 
     def recording_save(self, t, history):
         save(self, t, history)
-        saves.append((t.step, sorted(f for f in os.listdir(self.out) if f.startswith("resume") and f.endswith(".pt"))))
+        saves.append((t.step, sorted(f for f in os.listdir(self.out)
+                                     if (f.startswith("resume") and f.endswith(".pt")) or f.startswith("checkpoint-"))))
 
     monkeypatch.setattr(RunHooks, "save_state", recording_save)
     return saves
@@ -375,21 +377,27 @@ def test_steps_that_do_not_divide_the_run_as_the_trainer(case, files, tmp_path, 
     assert ours[what] == ref[what]
 
 
-def test_save_total_limit_keeps_the_last_states_and_resume_from_one(files, tmp_path, saved_steps, capsys):
+def test_save_total_limit_keeps_the_last_checkpoint_folders_and_resume_from_one(files, tmp_path, saved_steps, capsys):
     out = run(files, tmp_path / "o", "--max_steps", 5, "--save_strategy", "steps", "--save_steps", 1,
               "--save_total_limit", 3, "--logging_steps", 1, "--eval_strategy", "steps", "--eval_steps", 2)
     assert [step for step, _ in saved_steps] == [1, 2, 3, 4, 5]
-    for step, present in saved_steps:  # after the save of `step`: resume.pt and the newest 2 before it
-        assert present == sorted(["resume.pt"] + [f"resume-{s}.pt" for s in range(max(1, step - 2), step)]), step
-    # The finished run: resume.pt (step 5) is superseded by the model; the 2 before it stay.
-    assert sorted(f for f in os.listdir(out) if f.startswith("resume")) == ["resume-3.pt", "resume-4.pt"]
-    for step in (3, 4):
-        assert torch.load(out / f"resume-{step}.pt", weights_only=True)["step"] == step
+    for step, present in saved_steps:  # after the save of `step`: resume.pt and the newest 3 folders
+        assert present == sorted(["resume.pt"] + [f"checkpoint-{s}" for s in range(max(1, step - 2), step + 1)]), step
+    # The finished run: resume.pt is superseded by the model; the 3 folders stay, each whole.
+    assert sorted(f for f in os.listdir(out) if f.startswith(("resume", "checkpoint-"))) == \
+        ["checkpoint-3", "checkpoint-4", "checkpoint-5"]
+    for step in (3, 4, 5):
+        folder = out / f"checkpoint-{step}"
+        assert torch.load(folder / "resume.pt", weights_only=True)["step"] == step
+        assert {"model.safetensors", "config.json", "vocab.json", "run_args.json"} <= set(os.listdir(folder))
+        assert read_json(folder / "trainer_state.json")["global_step"] == step
+    final, last = load_file(str(out / "model.safetensors")), load_file(str(out / "checkpoint-5" / "model.safetensors"))
+    assert all(torch.equal(final[k], last[k]) for k in final)  # the last folder holds the final weights
 
     capsys.readouterr()
     more = run(files, tmp_path / "more", "--max_steps", 5, "--save_strategy", "steps", "--save_steps", 1,
                "--save_total_limit", 3, "--logging_steps", 1, "--eval_strategy", "steps", "--eval_steps", 2,
-               "--resume_from_checkpoint", out / "resume-3.pt")
+               "--resume_from_checkpoint", out / "checkpoint-3")
     assert "resuming at step 3 of 5" in capsys.readouterr().out
     assert [step for step, _ in saved_steps[5:]] == [4, 5]  # steps 1-3 were not run again
     a, b = load_file(str(out / "model.safetensors")), load_file(str(more / "model.safetensors"))
@@ -684,10 +692,10 @@ def test_killed_run_keeps_its_log_and_the_resumed_log_has_no_duplicates(files, t
     assert [e["step"] for e in evals(logged)] == [4]
     state = torch.load(out / "resume.pt", weights_only=True)
     assert state["step"] == 6 and state["log_history"] == logged  # as it happened, nothing lost
-    assert torch.load(out / "resume-3.pt", weights_only=True)["step"] == 3
+    assert torch.load(out / "checkpoint-3" / "resume.pt", weights_only=True)["step"] == 3
 
     # Resumed from step 3: the lines of steps 4-6 are logged again by the resumed run, once.
-    assert train.main(common + ["--resume_from_checkpoint", str(out / "resume-3.pt")]) == 0
+    assert train.main(common + ["--resume_from_checkpoint", str(out / "checkpoint-3")]) == 0
     final = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert final == read_json(out / "log_history.json")
     assert [e["step"] for e in losses(final)] == list(range(1, 9))
