@@ -52,7 +52,7 @@ STATUS = "status.json"
 # Everything a run writes; --overwrite removes the old run's before the new run starts.
 RESULT_FILES = ("run_args.json", "train_results.json", "eval_results.json", "all_results.json",
                 "log_history.json", "log.jsonl", STATUS)
-STATE_FILES = ("resume.pt",)  # and resume-<step>.pt (--save-total-limit)
+STATE_FILES = ("resume.pt",)  # and the checkpoint-<step>/ folders (checkpoints.py); resume-<step>.pt: older runs
 RESULT_DIRS = ("best", "runs")
 
 
