@@ -88,6 +88,7 @@ def state_dict(t, history, data: dict) -> dict:
         # as without the interruption, the log is the same.
         "loss_sum": history.loss_sum, "window_loss": [w for _, w in parts], "window_steps": history.window_steps,
         "log_history": history.log, "best": history.best, "bad_evals": history.bad_evals,
+        "train_seconds": history.trained_seconds(),  # all sessions', for the table of runs
         "config": _config(t),
         # What else decides the weights: the data and the model (its dropout included).
         "data_shape": list(t.train_blocks.shape), "data": data,
@@ -217,3 +218,5 @@ def _apply(t, history, s):
     h.loss_sum, h.window_steps = s["loss_sum"], s["window_steps"]
     h.log, h.bad_evals = s["log_history"], s["bad_evals"]
     h.best = tuple(s["best"]) if s.get("best") else None
+    seconds = s.get("train_seconds")  # absent in states written before it was kept
+    h.earlier_seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None

@@ -89,6 +89,13 @@ class History:
         self.non_finite = torch.zeros((), dtype=torch.bool, device=device)  # any NaN/inf loss so far
         self.best = None       # (score, step) of the best evaluation
         self.bad_evals = 0     # evaluations in a row without improvement, for --patience
+        # Seconds of training before this session (a resumed run), and when this one began:
+        # the whole run's time. None: resumed from a state that did not record it.
+        self.earlier_seconds, self.session_start = 0.0, time.time()
+
+    def trained_seconds(self) -> float | None:
+        """The training time of every session so far (kept in the state)."""
+        return None if self.earlier_seconds is None else self.earlier_seconds + time.time() - self.session_start
 
     def add_loss(self, loss, check_finite: bool) -> None:
         self.window_loss += loss
@@ -119,6 +126,7 @@ def train(trainer, val_blocks, hooks: Hooks, history: History | None = None):
     history = history or History(t.device)
     hooks.print(t.describe())
     start_step, t0, reason = t.step, time.time(), None
+    history.session_start = t0
     while t.step < t.total_steps and reason is None:
         loss, grad_norm = t.optimizer_step(t.step_micro_batches(t.step))
         t.step += 1
@@ -143,7 +151,10 @@ def train(trainer, val_blocks, hooks: Hooks, history: History | None = None):
             reason = "interrupted"
 
     reason = settle(t, hooks, history, reason or "completed")
-    return reason, t.metrics(history.loss_sum, t.step - start_step, time.time() - t0)
+    metrics = t.metrics(history.loss_sum, t.step - start_step, time.time() - t0)
+    if start_step > 0 and history.earlier_seconds is not None:  # resumed: train_runtime is this session's
+        metrics["train_runtime_total"] = history.trained_seconds()
+    return reason, metrics
 
 
 def settle(t, hooks, history, reason) -> str:

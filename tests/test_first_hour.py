@@ -414,3 +414,26 @@ def test_resume_continues_from_the_newest_checkpoint_folder(tmp_path):
     outdir.check(str(out), overwrite=False, state=state)  # continuing its own run: allowed
     torch.save({"step": 13}, out / "resume.pt")  # a state newer than any folder (Ctrl-C) comes first
     assert train.resume_state(args) == str(out / "resume.pt")
+
+
+def test_a_resumed_runs_train_time_counts_every_session(tiny_ckpt, tmp_path, capsys):
+    import json
+
+    import train
+    from conftest import write_text
+    from harness.compare import comparison_rows, format_table
+
+    text = write_text(tmp_path / "t.txt", 120)
+    common = ["--model", tiny_ckpt, "--train-file", text, "--block-size", "32", "--max-steps", "6", "--save-every", "3",
+              "--save-total-limit", "2", "--cache-dir", str(tmp_path / "cache"), "--precision", "fp32", "--no-progress"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train.main(common + ["--out", str(first)]) == 0
+    earlier = torch.load(first / "checkpoint-3" / "resume.pt", weights_only=True)["train_seconds"]
+    assert earlier > 0
+    assert train.main(common + ["--out", str(second), "--resume-from-checkpoint", str(first / "checkpoint-3")]) == 0
+    results = json.loads((second / "train_results.json").read_text())
+    assert results["train_runtime_total"] == pytest.approx(earlier + results["train_runtime"], abs=0.5)
+    assert "train_runtime_total" not in json.loads((first / "train_results.json").read_text())  # one session
+    row = comparison_rows([str(second)])[0]
+    assert row["train_runtime"] == results["train_runtime_total"] and not row["last_session_only"]
+    assert ">=" not in format_table([row])
