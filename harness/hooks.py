@@ -107,7 +107,8 @@ class RunHooks(Hooks):
                 self.bar = tqdm(total=trainer.total_steps, initial=trainer.step - 1, unit="step", dynamic_ncols=True)
                 self._start, self._t0, self._shown = trainer.step - 1, time.time(), 0.0
             else:  # a log file, a pipe, CI: a bar would show nothing (or carriage returns)
-                self.lines = ProgressLines(trainer.total_steps, trainer.tokens_per_step, trainer.step - 1,
+                # Timed from the end of this first step (which pays for warming up): lines from the next.
+                self.lines = ProgressLines(trainer.total_steps, trainer.tokens_per_step, trainer.step,
                                            print_fn=lambda line: print(line, file=sys.stderr, flush=True))
         if self.lines is not None:
             self.lines.update(trainer.step, self.last_loss)

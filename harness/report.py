@@ -88,9 +88,10 @@ class ProgressLines:
 
     tqdm's bar redraws one line in place; in a file, a pipe or a job's log that is
     either nothing (the bar is off) or thousands of carriage returns. These lines are
-    what a log reader wants instead: one after the first step (the run is alive, and
-    how fast), then one every `every` seconds, and one at the last step. The remaining
-    time is this session's pace so far times the steps left.
+    what a log reader wants instead: one after the first timed step (the run is alive,
+    and how fast), then one every `every` seconds, and one at the last step. The
+    remaining time is this session's pace so far times the steps left; the clock starts
+    at `start_step` (the caller passes the step after which it starts timing).
     """
 
     def __init__(self, total_steps, tokens_per_step, start_step=0, every=30.0, print_fn=print,
