@@ -47,10 +47,7 @@ def main(argv=None):
 
 def train(args, lr):
     """One fine-tuning run: set up, train, save. Returns 0, or 130 after a signal."""
-    state = resume_state(args)  # the resumable state to continue from, if any
-    outdir.check(args.out, args.overwrite, state)  # before any work: never lose a checkpoint
-    if state:
-        outdir.check_resume_flags(state, args, lr)  # a refused resume costs no loading
+    state = checked_state(args, lr)  # the resumable state to continue from, if any
     run = setup(args, lr)  # model, tokenizer, blocks, TrainConfig, device, processes
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks: each process its own
     out = outdir.RunDir(args.out, run.dist.is_main)
@@ -105,6 +102,16 @@ def resume(trainer, history, state, data_info, hooks):
     hooks.logger.rewrite(history.log)  # the lines logged after this state are gone
     hooks.saved_step = trainer.step
     hooks.print(f"resuming at step {trainer.step} of {trainer.total_steps}")
+
+
+def checked_state(args, lr):
+    """The state to resume from (or None), checked before any work: a checkpoint is never lost,
+    and a resume that would be refused loads no model and no data."""
+    state = resume_state(args)
+    outdir.check(args.out, args.overwrite, state)
+    if state:
+        outdir.check_resume_flags(state, args, lr)
+    return state
 
 
 def resume_state(args):
