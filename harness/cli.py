@@ -341,7 +341,8 @@ def _add_output_args(g):
                    default=False, help="also log the first step")
     g.add_argument("--report-to", "--report_to", dest="report_to", nargs="+", default=["none"], metavar="TO",
                    help="none, tensorboard (event files in OUT/runs/; needs `pip install tensorboard`) or all")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (on a terminal) and no progress lines (in a file or pipe)")
     g.add_argument("--disable-tqdm", "--disable_tqdm", dest="progress", action=Switch, invert=True, default=True,
                    help="= --no-progress")
 
@@ -447,5 +448,5 @@ def evaluate_parser():
                         "probability, e.g. 0.9; 1: all (default: %(default)s; see gpt2/sampling.py)")
     g.add_argument("--num-samples", type=positive_int, default=1,
                    help="continuations of the prompt to sample, each its own draw (default: %(default)s)")
-    g.add_argument("--seed", type=seed, default=42, help="the same seed gives the same sample (default: %(default)s)")
+    g.add_argument("--seed", type=seed, default=42, help="the same seed gives the same samples (default: %(default)s)")
     return p
