@@ -212,8 +212,9 @@ def test_resume_refuses_a_different_command(tiny_ckpt, text_file, tmp_path):
     common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--max-steps", 4,
               "--save-every", 2, "--no-progress", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o"]
     run_python(killer, *common, "--lr", "1e-3", env={"KILL_AT": "2"})
-    def files():  # the run's files; the killed run's .lock is taken over and removed (outdir.py)
-        return {f.name: f.read_bytes() for f in (tmp_path / "o").iterdir() if f.name != ".lock"}
+    def files():  # the run's files (checkpoint-2/'s too); the killed run's .lock is taken over and removed
+        out = tmp_path / "o"
+        return {str(f.relative_to(out)): f.read_bytes() for f in out.rglob("*") if f.is_file() and f.name != ".lock"}
 
     before = files()
     p = run_train(*common, "--lr", "1e-4", "--resume", check=False)
