@@ -1,11 +1,13 @@
 """Faults a run must survive, or end in one line: never a traceback, never a lost run.
 
-Each test below plays one class of fault from the adversarial review against the real
-command lines (train.py, evaluate.py) on a tiny model: Ctrl-C at every stage of a run,
-weights that stop being finite, a read-only or full disk, two runs on one --out, a
-directory that could describe another run, bad config.json / model.safetensors /
-resume.pt files, edited data, broken downloads, odd command-line values, and the
-litter and permissions of the files written.
+What is checked, against the real command lines (train.py, evaluate.py) on a tiny
+model: Ctrl-C at every stage of a run keeps a resumable state or the trained model;
+no state or model with a non-finite weight is ever written; a read-only or full disk
+is refused before training or fails in one line with the previous state whole; a
+second run on the same --out is refused; a directory never passes for a finished run
+it is not; bad config.json / model.safetensors / resume.pt files, edited data, broken
+downloads and odd command-line values are one line each; files are never left half
+written and get the user's umask.
 
 Three ways of running train.py are used, to keep the file fast (about 2 minutes on 2 cores):
 * in this process (`cli`: run_cli(train.main, argv), as `python train.py` does, with
