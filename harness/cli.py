@@ -46,6 +46,13 @@ def non_negative_int(text: str) -> int:
     return v
 
 
+def best_metric(text: str) -> str:
+    """--metric_for_best_model: run_clm's names (loss, perplexity, accuracy, ...) to the metric compared."""
+    if text not in BEST_METRICS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(sorted(BEST_METRICS))})")
+    return BEST_METRICS[text]
+
+
 def _finite_number(text: str) -> float:
     try:
         v = float(text)
@@ -363,7 +370,7 @@ def _add_evaluation_args(g):
                    action=Switch, default=False,
                    help="with evaluations during training: keep the best model in OUT/best/ and end with it")
     g.add_argument("--metric-for-best-model", "--metric_for_best_model", dest="best_metric",
-                   choices=sorted(BEST_METRICS), default="eval_loss",
+                   type=best_metric, default="eval_loss",
                    help="what 'best' means (default: eval_loss; eval_accuracy: the higher the better)")
     g.add_argument("--patience", type=non_negative_int, default=0,
                    help="with evaluations during training: stop after N evaluations without improvement")

@@ -7,13 +7,11 @@ the micro-batch; `settings_for`), so the plan is the plan of the run that the sa
 command without --plan would start. It fits the plan into --memory (8GB = 8 x 10^9
 bytes, 8GiB = 8 x 2^30), else the device's memory (the GPU's, or the machine's
 physical memory), and says which options would let a larger micro-batch fit.
-`fits_table` (python -m harness.plan) makes the table of what fits where
-(docs/performance.md); `docstring_tables` the tables of docs/plan.md.
+The tables of docs/memory.md and docs/plan.md are computed from it by
+benchmarks/plan_tables.py.
 """
 
 import os
-import sys
-import textwrap
 from dataclasses import asdict, replace
 
 import torch
@@ -25,10 +23,8 @@ from gpt2.files import write_json
 from gpt2.precision import pick_device, resolve_precision
 
 from .batch import choose_batch
-from .cli import train_parser
 from .hub import ALIASES, default_weights_dir, is_hub_id
-from .memory import (CUDA_BASELINE_NOTE, GB, MB, PART_NOTES, Settings, activation_bytes, block_terms,
-                     count_parameters, plan, state_bytes)
+from .memory import CUDA_BASELINE_NOTE, MB, PART_NOTES, Settings, count_parameters, plan
 from .run import pick_attention_recompute, pick_block_size, pick_loss_chunk
 
 
@@ -254,142 +250,3 @@ def main(args) -> int:
             raise UserError(f"--json {args.json}: cannot write it ({e.strerror or e})") from None
         print(f"written to {args.json}")
     return 0
-
-
-# --- the table of docs/memory.md: what fits where ---------------------------------------------------------
-
-FITS_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-FITS_MEMORY_GB = (8, 12, 16, 24)
-FITS_OPTIONS = (("full fine-tune", []), ("--checkpointing", ["--checkpointing"]),
-                ("--lora 8 --checkpointing", ["--lora", "8", "--checkpointing"]))
-
-
-def fits_table(models=FITS_MODELS, memory_gb=FITS_MEMORY_GB, options=FITS_OPTIONS) -> str:
-    """A markdown table: the largest micro-batch that fits, by model, options and memory (0: none).
-
-    Every cell is plan.largest_micro_batch for the Settings train.py would use with those flags
-    on a CUDA GPU in bf16 at block 1024 (settings_for): computed, not measured.
-    """
-    header = ("CUDA, bf16, block size 1024, train.py's other defaults (on a GPU: the plain loss; "
-              "--loss-chunk 1024 fits more): the largest micro-batch whose planned peak "
-              "(torch.cuda.max_memory_allocated) fits in N GB = N x 10^9 bytes, as `--memory NGB`; 0: not "
-              "even one sequence. Computed by harness/plan.py (`train.py --plan`), not measured on these GPUs; "
-              "a card leaves less than its size to PyTorch's tensors (the CUDA context, the caching "
-              "allocator's fragmentation).")
-    lines = textwrap.wrap(header, 100) + ["", "| model | options | " + " | ".join(f"{gb} GB" for gb in memory_gb)
-                                          + " |", "|---|---|" + "---:|" * len(memory_gb)]
-    device = torch.device("cuda")  # a name only: nothing runs on it
-    for name in models:
-        for label, flags in options:
-            args = train_parser().parse_args(["--model", name, "--bf16", "--block-size", "1024", *flags])
-            s, _ = settings_for(args, PRESETS[name], device)
-            cells = [str(largest_micro_batch(gb * 10**9, PRESETS[name], s)) for gb in memory_gb]
-            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# --- the tables of the module docstring ----------------------------------------------------------
-
-def _state_table() -> str:
-    def row(*cells):
-        return "    " + f"{cells[0]:12}" + "".join(f"{c:>12}" for c in cells[1:])
-
-    lines = [row("model", "parameters", "weights", "+ gradients", "+ AdamW", "LoRA r=8:", "LoRA r=8:"),
-             row("", "", "4 B each", "8 B each", "16 B each", "trainable", "all state")]
-    for name in ("distilgpt2", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
-        cfg = PRESETS[name]
-        full, lora = state_bytes(cfg, Settings()), state_bytes(cfg, Settings(lora_rank=8))
-        n, r = count_parameters(cfg).total, count_parameters(cfg, 8).lora
-        w, g, o = full["weights"] / GB, full["gradients"] / GB, full["optimizer"] / GB
-        lines.append(row(name, f"{n / 1e6:,.1f}M", f"{w:.2f} GB", f"{w + g:.2f} GB", f"{w + g + o:.2f} GB",
-                         f"{r / 1e6:.2f}M", f"{sum(lora.values()) / GB:.2f} GB"))
-    return "\n".join(lines)
-
-
-def _block_table() -> str:
-    cfg, T = PRESETS["gpt2"], 1024
-    cuda = block_terms(cfg, Settings(micro_batch=1, block_size=T, precision="bf16", device="cuda"))
-    cpu = block_terms(cfg, Settings(micro_batch=1, block_size=T))
-    lines = [f"    {'gpt2 (C = 768, nh = 12), T = 1024: bytes per token':74} {'CUDA bf16':>10} {'CPU fp32':>10}"]
-    for (what, a), (_, b) in zip(cuda + [("total", sum(n for _, n in cuda))], cpu + [("", sum(n for _, n in cpu))]):
-        lines.append(f"    {what:74} {a / T:10,.0f} {b / T:10,.0f}")
-    return "\n".join(lines)
-
-
-def _activation_table() -> str:
-    cases = [("CUDA bf16", Settings(device="cuda", precision="bf16"), 0.1),
-             ("CPU fp32, dropout 0", Settings(), 0.0), ("CPU fp32, dropout 0.1", Settings(), 0.1),
-             ("CUDA, checkpointing", Settings(device="cuda", precision="bf16", checkpointing=True), 0.1)]
-    lines = [f"    {'gpt2, B x T':14}" + "".join(f"{label:>25}" for label, _, _ in cases)]
-    for b, t in ((1, 256), (1, 1024), (8, 1024)):
-        row = f"    {f'{b} x {t}':14}"
-        for _, s, p in cases:
-            act = activation_bytes(PRESETS["gpt2"].with_dropout(p), replace(s, micro_batch=b, block_size=t))
-            row += f"{(act['embeddings'] + act['blocks'] + act['ln_f']) / MB:>22,.0f} MB"
-        lines.append(row)
-    return "\n".join(lines)
-
-
-def _options_table() -> str:
-    lines = [f"    {'CUDA bf16':15} {'options, micro-batch 8 x 1024':34} {'peak':>8}"
-             f" {'largest micro-batch in 24 GB':>30} {'in 80 GB':>9}"]
-    for name in ("gpt2", "gpt2-medium"):
-        s = Settings(micro_batch=8, block_size=1024, precision="bf16", device="cuda")
-        rows = zip(combinations(PRESETS[name], s, 24 * GB), combinations(PRESETS[name], s, 80 * GB))
-        for row, big in rows:
-            label = _options_label(row["checkpointing"], row["loss_chunk"], 0)
-            lines.append(f"    {name:15} {label:34} {row['peak_mb'] / 1024:5.1f} GB {row['largest_micro_batch']:>30}"
-                         f" {big['largest_micro_batch']:>9}")
-    return "\n".join(lines)
-
-
-def _lora_table() -> str:
-    lines = ["    CUDA bf16, micro-batch 4 x 1024, chunked loss 1024 + checkpointing     full       LoRA r=8"]
-    for name in ("gpt2-medium", "gpt2-large", "gpt2-xl"):
-        s = Settings(micro_batch=4, block_size=1024, precision="bf16", device="cuda",
-                     checkpointing=True, loss_chunk=1024)
-        full, lora = plan(PRESETS[name], s).peak_bytes, plan(PRESETS[name], replace(s, lora_rank=8)).peak_bytes
-        lines.append(f"    {name:68} {full / GB:5.1f} GB {lora / GB:8.1f} GB")
-    return "\n".join(lines)
-
-
-# Measured peaks (MB), to set the plan against in the docstring. CUDA: benchmarks/results/h200 (bench.py,
-# torch 2.11, an H200): gpt2, fp16, micro-batch x 1024 tokens. CPU: benchmarks/plan_check.py (train.py,
-# torch 2.13, x86-64 Linux, glibc): fp32, micro-batch x 256 tokens, train.py's flags beside its defaults.
-# benchmarks/plan_check.py's measurements (MB) of the peaks in the docstring's last table:
-# CUDA on an H100 (benchmarks/results/h100), block 1024, bf16 (fp16 measured the same);
-# the CPU on the development machine, block 256, fp32.
-MEASURED_CUDA = [("gpt2", 1, (), 2691), ("gpt2", 1, ("--checkpointing",), 2269), ("gpt2", 4, (), 5482),
-                 ("gpt2", 4, ("--checkpointing",), 4090), ("gpt2-medium", 1, (), 6310),
-                 ("gpt2-medium", 1, ("--checkpointing",), 5681), ("gpt2-medium", 1, ("--lora", "8"), 3633),
-                 ("gpt2-medium", 4, (), 10842), ("gpt2-medium", 4, ("--checkpointing",), 7194),
-                 ("gpt2-xl", 1, ("--lora", "8", "--checkpointing"), 7304), ("gpt2-xl", 1, ("--lora", "8"), 12736),
-                 ("gpt2-xl", 1, ("--checkpointing",), 24571)]
-MEASURED_CPU = [("gpt2", 1, (), 2719), ("gpt2", 1, ("--lora", "8"), 1338),
-                ("gpt2-medium", 1, (), 6880), ("gpt2-medium", 1, ("--loss-chunk", "0"), 7058),
-                ("gpt2-medium", 1, ("--checkpointing",), 6295), ("gpt2-medium", 1, ("--lora", "8"), 2791),
-                ("gpt2-medium", 1, ("--attention-recompute", "true"), 6558),
-                ("gpt2-medium", 4, (), 8528), ("gpt2-medium", 4, ("--lora", "8"), 5264)]
-
-
-def _measured_table() -> str:
-    lines = [f"    {'run (MB)':62} {'planned':>9} {'measured':>9}"]
-    for device, precision, block, rows in (("cuda", "bf16", 1024, MEASURED_CUDA), ("cpu", "fp32", 256, MEASURED_CPU)):
-        for name, b, flags, mb in rows:
-            args = train_parser().parse_args(["--precision", precision, "--block-size", str(block),
-                                              "--batch-size", str(b), *flags])
-            s, _ = settings_for(args, PRESETS[name], torch.device(device))
-            where = "H100" if device == "cuda" else "CPU"
-            label = f"{where}, {name}, {precision}, {b} x {block}, " + (" ".join(flags) or "defaults")
-            lines.append(f"    {label:62} {plan(PRESETS[name], s).peak_mb:9,.0f} {mb:9,}")
-    return "\n".join(lines)
-
-
-def docstring_tables() -> list:
-    """The tables of the module docstring, computed here (tests/test_plan.py checks they match)."""
-    return [_state_table(), _block_table(), _activation_table(), _options_table(), _lora_table(), _measured_table()]
-
-
-if __name__ == "__main__":  # python -m harness.plan: the table of docs/memory.md (fits_table)
-    print(fits_table())
-    sys.exit(0)

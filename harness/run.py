@@ -31,7 +31,6 @@ import torch
 
 from gpt2 import distributed
 from .batch import choose_batch, make_probe
-from .cli import BEST_METRICS
 from gpt2.config import GPT2Config
 from .datasets import build_datasets, default_cache_dir, validation_dataset
 from gpt2.errors import UserError
@@ -222,7 +221,7 @@ def train_config(args, lr, precision, batch_size, grad_accum, total_steps) -> Tr
         eval_strategy=eval_strategy(args), eval_every=args.eval_every or log_every,
         eval_batch_size=args.eval_batch_size, save_strategy=save_strategy(args),
         save_every=args.save_every if args.save_every > 0 else 500, save_total_limit=args.save_total_limit,
-        save_best=args.save_best, best_metric=BEST_METRICS[args.best_metric], patience=args.patience,
+        save_best=args.save_best, best_metric=args.best_metric, patience=args.patience,
         precision=precision, compile=args.compile, progress=args.progress,
     )
 

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -130,57 +129,15 @@ def train_loop(model, blocks, cfg, val_blocks=None, out_dir=None):
     return t, history, reason, metrics
 
 
-# --- train.py in a subprocess, with one piece of the package patched ----------------
+# --- train.py in a subprocess, with faults injected ---------------------------------
 
-PATCHED_TRAIN = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-{patch}
-sys.argv = [{train!r}] + sys.argv[1:]
-import runpy
-runpy.run_path({train!r}, run_name="__main__")
-"""
-
-
-def patched_train(tmp_path, patch: str, name: str = "patched_train.py"):
-    """A script that runs train.py after `patch` (Python source) replaced a piece of the package.
-
-    The patch runs first, in the script's process, so that e.g. `RunHooks.save_state = ...`
-    is what train.py calls. Patches take their parameters from environment variables
-    (KILL_AT, CTRL_C_AT, ...), which torchrun also passes on to its workers.
-    """
-    script = Path(tmp_path) / name
-    script.write_text(PATCHED_TRAIN.format(root=str(ROOT), train=str(ROOT / "train.py"),
-                                           patch=textwrap.dedent(patch)))
-    return script
+# train.py with tests/injections.py's faults installed, each switched on by its
+# environment variable (KILL_AT, CTRL_C_AT, ...): run it with run_python.
+INJECTED_TRAIN = ROOT / "tests" / "injected_train.py"
 
 
 def run_python(script, *args, env=None, timeout=300):
-    """Run a Python script (train.py, or a patched_train script) with 1 thread; the CompletedProcess."""
+    """Run a Python script (train.py, or INJECTED_TRAIN) with 1 thread; the CompletedProcess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=timeout)
-
-
-# Kill the process (SIGKILL: no cleanup of any kind) right after resume.pt of step KILL_AT is written.
-KILL_AFTER_SAVE = """
-from harness.hooks import RunHooks
-save = RunHooks.save_state
-def save_then_die(self, t, history):
-    save(self, t, history)
-    if t.step == int(os.environ.get("KILL_AT", -1)):
-        os.kill(os.getpid(), signal.SIGKILL)
-RunHooks.save_state = save_then_die
-"""
-
-# Ctrl-C (SIGINT to this process) during optimizer step CTRL_C_AT.
-CTRL_C_AT_STEP = """
-from gpt2.trainer import Trainer
-step = Trainer.optimizer_step
-def step_then_ctrl_c(self, *a, **k):
-    out = step(self, *a, **k)
-    if self.step == int(os.environ.get("CTRL_C_AT", -1)) - 1:
-        os.kill(os.getpid(), signal.SIGINT)
-    return out
-Trainer.optimizer_step = step_then_ctrl_c
-"""

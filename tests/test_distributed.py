@@ -27,55 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import KILL_AFTER_SAVE, ROOT, patched_train
-
-# The probes patched into train.py when torchrun runs it (conftest.patched_train), so
-# that the test can see inside the worker processes; environment variables set them.
-PROBE = KILL_AFTER_SAVE + """
-import faulthandler, json
-faulthandler.dump_traceback_later(100, exit=True)  # a hang: print where, and end
-import torch
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from gpt2.errors import UserError
-from gpt2.trainer import Trainer
-
-rank = int(os.environ.get("RANK", 0))
-init, step = Trainer.__init__, Trainer.optimizer_step
-
-def init_with_hook(self, *a, **k):
-    # Count the gradient all-reduces, and after how many forward passes each happens.
-    init(self, *a, **k)
-    forwards, calls = [0], []
-    self.step_model.register_forward_pre_hook(lambda m, i: forwards.__setitem__(0, forwards[0] + 1))
-    def hook(state, bucket):
-        calls.append(forwards[0])
-        return default_hooks.allreduce_hook(state, bucket)
-    self.step_model.register_comm_hook(None, hook)
-    self._probe = {"forwards": forwards, "calls": calls, "step_ends": []}
-
-def step_or_fail(self, *a):
-    if rank == 1 and self.step == int(os.environ.get("FAIL_AT", -1)):
-        raise UserError("rank 1 cannot go on")
-    if rank == 1 and self.step == int(os.environ.get("CTRL_C_AT", -1)):
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as torchrun passes it on, to rank 1 only
-    out = step(self, *a)
-    if hasattr(self, "_probe"):
-        self._probe["step_ends"].append(self._probe["forwards"][0])
-    return out
-
-if os.environ.get("PROBE_OUT"):
-    Trainer.__init__ = init_with_hook
-    from gpt2 import loop
-    train = loop.train
-    def train_and_report(trainer, *a, **k):
-        result = train(trainer, *a, **k)
-        with open(os.path.join(os.environ["PROBE_OUT"], f"rank{trainer.dist.rank}.json"), "w") as f:
-            json.dump({"calls": trainer._probe["calls"], "step_ends": trainer._probe["step_ends"],
-                       "seed": torch.initial_seed()}, f)
-        return result
-    loop.train = train_and_report
-Trainer.optimizer_step = step_or_fail
-"""
+from conftest import INJECTED_TRAIN, ROOT
 
 
 def write_words(path, n_lines, seed):
@@ -159,7 +111,7 @@ def test_two_processes_train_like_one_with_accumulation(tiny_ckpt, data, tmp_pat
 
 
 def test_resume_under_torchrun_is_bit_exact_with_dropout(tiny_ckpt, data, tmp_path):
-    probe = patched_train(tmp_path, PROBE, "probe.py")
+    probe = INJECTED_TRAIN  # tests/injections.py: PROBE_OUT, KILL_AT, RANK1_CTRL_C_AT, RANK1_FAIL_AT
     args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 6, "--grad-accum", 3, "--dropout", 0.1,
             "--save-every", 2, "--log-every", 1]
     probe_env = {"PROBE_OUT": str(tmp_path)}  # torchrun passes the environment on to the workers
@@ -179,7 +131,7 @@ def test_resume_under_torchrun_is_bit_exact_with_dropout(tiny_ckpt, data, tmp_pa
     # Killed right after the checkpoint of step 4; or Ctrl-C reaching rank 1 alone
     # during step 3: both processes must agree to stop after that step (rank 0 would
     # otherwise wait for ever in step 4's all-reduce) and save a state.
-    for stop, stop_env, at in (("killed", {"KILL_AT": "4"}, 4), ("ctrl-c", {"CTRL_C_AT": "2"}, 3)):
+    for stop, stop_env, at in (("killed", {"KILL_AT": "4"}, 4), ("ctrl-c", {"RANK1_CTRL_C_AT": "2"}, 3)):
         out = tmp_path / stop
         p = torchrun(probe, *args, "--out", out, env={**probe_env, **stop_env}, check=False)
         assert p.returncode != 0
@@ -201,11 +153,11 @@ def test_ctrl_c_on_one_rank_between_two_logs(tiny_ckpt, data, tmp_path):
     """Ctrl-C reaching rank 1 alone while steps are not logged yet: rank 0 must not add
     up those losses in a collective that rank 1, saving its state, never joins (it ended
     in a crash, with no state saved). The resumed run matches an uninterrupted one."""
-    probe = patched_train(tmp_path, PROBE, "probe.py")
+    probe = INJECTED_TRAIN  # tests/injections.py: PROBE_OUT, KILL_AT, RANK1_CTRL_C_AT, RANK1_FAIL_AT
     args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 4, "--dropout", 0.1, "--log-every", 4]
     torchrun(probe, *args, "--out", tmp_path / "straight")
     out = tmp_path / "ctrl-c"
-    p = torchrun(probe, *args, "--out", out, env={"CTRL_C_AT": "1"}, check=False)
+    p = torchrun(probe, *args, "--out", out, env={"RANK1_CTRL_C_AT": "1"}, check=False)
     assert p.stdout.count("interrupted at step 2") == 1, p.stdout + p.stderr
     assert torch.load(out / "resume.pt", weights_only=True)["window_steps"] == 2
     torchrun(probe, *args, "--out", out, "--resume")
@@ -214,10 +166,10 @@ def test_ctrl_c_on_one_rank_between_two_logs(tiny_ckpt, data, tmp_path):
 
 
 def test_an_error_on_one_rank_ends_the_run(tiny_ckpt, data, tmp_path):
-    probe = patched_train(tmp_path, PROBE, "probe.py")
+    probe = INJECTED_TRAIN  # tests/injections.py: PROBE_OUT, KILL_AT, RANK1_CTRL_C_AT, RANK1_FAIL_AT
     t0 = time.time()
     p = torchrun(probe, *common(tiny_ckpt, data, tmp_path), "--max-steps", 6, "--out", tmp_path / "o",
-                 env={"FAIL_AT": "2"}, check=False, timeout=60)
+                 env={"RANK1_FAIL_AT": "2"}, check=False, timeout=60)
     # rank 0 waits in the all-reduce for rank 1, which has exited: torchrun stops it at
     # once, long before the process group's 10-minute timeout.
     assert p.returncode != 0 and time.time() - t0 < 30

@@ -1,11 +1,13 @@
 """Faults a run must survive, or end in one line: never a traceback, never a lost run.
 
-Each test below plays one class of fault from the adversarial review against the real
-command lines (train.py, evaluate.py) on a tiny model: Ctrl-C at every stage of a run,
-weights that stop being finite, a read-only or full disk, two runs on one --out, a
-directory that could describe another run, bad config.json / model.safetensors /
-resume.pt files, edited data, broken downloads, odd command-line values, and the
-litter and permissions of the files written.
+What is checked, against the real command lines (train.py, evaluate.py) on a tiny
+model: Ctrl-C at every stage of a run keeps a resumable state or the trained model;
+no state or model with a non-finite weight is ever written; a read-only or full disk
+is refused before training or fails in one line with the previous state whole; a
+second run on the same --out is refused; a directory never passes for a finished run
+it is not; bad config.json / model.safetensors / resume.pt files, edited data, broken
+downloads and odd command-line values are one line each; files are never left half
+written and get the user's umask.
 
 Three ways of running train.py are used, to keep the file fast (about 2 minutes on 2 cores):
 * in this process (`cli`: run_cli(train.main, argv), as `python train.py` does, with
@@ -13,9 +15,8 @@ Three ways of running train.py are used, to keep the file fast (about 2 minutes 
 * in a child process forked from a helper that has imported torch once (`Zygote`,
   `procs.run`): `python script args...` without the 5 s of interpreter start-up, for
   Ctrl-C, SIGKILL, a file-size limit (RLIMIT_FSIZE, set in the child) and a process that
-  file permissions stop; the script is train.py, or train.py with one piece of the package
-  patched (conftest.patched_train with `PATCHES`, each switched on by an environment
-  variable);
+  file permissions stop; the script is train.py, or train.py with faults injected
+  (tests/injections.py, each switched on by an environment variable);
 * a real interpreter (conftest.run_python, `run_proc`) for one Ctrl-C run, as a check
   that the forked children behave as real ones, and for arguments that are raw bytes.
 
@@ -46,7 +47,7 @@ from safetensors.torch import load_file, save_file
 
 import evaluate as evaluate_cli
 import train as train_cli
-from conftest import CTRL_C_AT_STEP, ROOT, TINY, hf_model, patched_train, run_python, save_hf, write_text
+from conftest import INJECTED_TRAIN, ROOT, TINY, hf_model, run_python, save_hf, write_text
 from harness.compare import comparison_rows
 from gpt2.errors import run_cli
 from gpt2.model import GPT2
@@ -330,89 +331,10 @@ def interrupted_run(capsys, args, at):
     return p
 
 
-# Pieces of the package replaced in a subprocess (conftest.patched_train), each switched
-# on by its environment variable; any number may be combined in one script.
-PATCHES = """
-import time
-import torch
-from gpt2 import checkpoint, evaluation, weights
-from harness import run
-from harness.outdir import RunDir
-from gpt2.trainer import Trainer
-
-def env(name, default=-1):
-    return int(os.environ.get(name, default))
-
-def ctrl_c(times):  # as many Ctrl-C as asked, each handled before the next
-    for _ in range(times):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-
-# CTRL_C_EVAL=n: Ctrl-C as the n-th evaluation starts (during training or the final one).
-_eval_sums, _evals = evaluation.eval_sums, [0]
-def eval_sums(*a, **k):
-    _evals[0] += 1
-    if _evals[0] == env("CTRL_C_EVAL"):
-        ctrl_c(1)
-    return _eval_sums(*a, **k)
-evaluation.eval_sums = eval_sums
-
-# CTRL_C_SAVE=k: k Ctrl-C while the final model.safetensors is being written (its
-# temporary file is complete, the rename has not happened yet).
-# KILL_IN_WEIGHTS=1: SIGKILL at that same moment.
-_save_file = weights.save_file
-def save_file(tensors, path, *a, **k):
-    _save_file(tensors, path, *a, **k)
-    if os.sep + "best" + os.sep not in str(path):
-        if env("KILL_IN_WEIGHTS") == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        ctrl_c(max(0, env("CTRL_C_SAVE", 0)))
-weights.save_file = save_file
-
-# CTRL_C_STATE_AT=s: Ctrl-C twice while resume.pt of step s is being written.
-# KILL_STATE_AT=s: SIGKILL at that moment (the temporary file is written, not yet renamed).
-_torch_save = torch.save
-def torch_save(obj, f, *a, **k):
-    _torch_save(obj, f, *a, **k)
-    if isinstance(obj, dict) and ".tmp-" in str(f):
-        if obj.get("step") == env("KILL_STATE_AT"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        if obj.get("step") == env("CTRL_C_STATE_AT"):
-            ctrl_c(2)
-torch.save = torch_save
-
-# CTRL_C_SETUP=1: Ctrl-C while the data is being loaded (before the run has begun).
-_load_data = run.load_data
-def load_data(*a, **k):
-    if env("CTRL_C_SETUP") == 1:
-        ctrl_c(1)
-    return _load_data(*a, **k)
-run.load_data = load_data
-
-# KILL_AT_JSON=name: SIGKILL when the final save is about to write that file.
-_write_json = RunDir.write_json
-def write_json(self, name, obj):
-    if name == os.environ.get("KILL_AT_JSON"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _write_json(self, name, obj)
-RunDir.write_json = write_json
-
-# SLEEP_MARKER=path: during step 2, create that file and sleep (a run that holds its --out).
-_optimizer_step = Trainer.optimizer_step
-def optimizer_step(self, *a, **k):
-    result = _optimizer_step(self, *a, **k)
-    if self.step == 1 and os.environ.get("SLEEP_MARKER"):
-        open(os.environ["SLEEP_MARKER"], "w").close()
-        time.sleep(120)
-    return result
-Trainer.optimizer_step = optimizer_step
-"""
-
-
 @pytest.fixture
-def patched(tmp_path):
-    """train.py with CTRL_C_AT_STEP (conftest) and every patch of PATCHES in place."""
-    return patched_train(tmp_path, CTRL_C_AT_STEP + PATCHES, "faults_train.py")
+def patched():
+    """train.py with the faults of tests/injections.py, each switched on by its variable."""
+    return INJECTED_TRAIN
 
 
 def ctrl_c_exit(p, lines=1):

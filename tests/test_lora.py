@@ -314,12 +314,12 @@ def test_train_py_with_lora_saves_a_merged_model_and_the_adapter(lora_run, capsy
 
 
 def test_lora_resume_after_kill_is_bit_exact(lora_run):
-    from conftest import KILL_AFTER_SAVE, patched_train, run_python
+    from conftest import INJECTED_TRAIN, run_python
 
     common, tmp_path = lora_run
     args = common + ["--max-steps", "6", "--save-every", "2", "--grad-accum", "2"]
     assert run_python("train.py", *args, "--out", tmp_path / "straight").returncode == 0
-    p = run_python(patched_train(tmp_path, KILL_AFTER_SAVE), *args, "--out", tmp_path / "killed", env={"KILL_AT": "4"})
+    p = run_python(INJECTED_TRAIN, *args, "--out", tmp_path / "killed", env={"KILL_AT": "4"})
     assert p.returncode != 0 and (tmp_path / "killed" / "resume.pt").is_file()
     p = run_python("train.py", *args, "--out", tmp_path / "killed", "--resume")
     assert p.returncode == 0, p.stderr
@@ -328,7 +328,7 @@ def test_lora_resume_after_kill_is_bit_exact(lora_run):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
     # Resuming with another rank is another run: refused in one line.
     p = run_python("train.py", *[x if x != "4" else "8" for x in args], "--out", tmp_path / "straight2")
-    killed = run_python(patched_train(tmp_path, KILL_AFTER_SAVE), *args, "--out", tmp_path / "k2", env={"KILL_AT": "2"})
+    killed = run_python(INJECTED_TRAIN, *args, "--out", tmp_path / "k2", env={"KILL_AT": "2"})
     assert killed.returncode != 0
     other = list(args)
     other[other.index("--lora") + 1] = "8"

@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
+from benchmarks import plan_tables
 from harness import memory, plan
 from gpt2.config import PRESETS, GPT2Config
 from gpt2.errors import UserError, run_cli
@@ -244,7 +245,7 @@ def test_settings_are_checked():
 
 def test_the_tables_of_docs_plan_md_are_computed_by_the_module():
     text = (ROOT / "docs" / "plan.md").read_text(encoding="utf-8")
-    for table in plan.docstring_tables():
+    for table in plan_tables.docstring_tables():
         assert table in text
 
 
@@ -359,13 +360,13 @@ def test_plan_of_a_hub_id_not_on_disk_is_one_line(tmp_path, capsys, monkeypatch)
 
 
 def test_fits_table_cells_are_the_plans_answers():
-    table = plan.fits_table(models=("gpt2", "gpt2-xl"), memory_gb=(8, 24))
+    table = plan_tables.fits_table(models=("gpt2", "gpt2-xl"), memory_gb=(8, 24))
     assert "bf16" in table and "block size 1024" in table and "not measured" in table
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| gpt2")]
-    assert len(rows) == 2 * len(plan.FITS_OPTIONS)
+    assert len(rows) == 2 * len(plan_tables.FITS_OPTIONS)
     for row in rows:
         name, label, cells = row[0].strip("| "), row[1], [int(c.strip(" |")) for c in row[2:]]
-        flags = dict(plan.FITS_OPTIONS)[label]
+        flags = dict(plan_tables.FITS_OPTIONS)[label]
         s = memory.Settings(block_size=1024, precision="bf16", device="cuda", checkpointing="--checkpointing" in flags,
                           lora_rank=8 if "--lora" in flags else 0)
         assert cells == [plan.largest_micro_batch(gb * 10**9, PRESETS[name], s) for gb in (8, 24)]

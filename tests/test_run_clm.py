@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 import evaluate as evaluate_cli
 import train
-from conftest import (KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf, train_loop,
+from conftest import (INJECTED_TRAIN, ROOT, TINY, hf_model, run_python, save_hf, train_loop,
                       write_text)
 from gpt2 import loop
 from harness.hooks import RunHooks
@@ -683,7 +683,7 @@ def test_killed_run_keeps_its_log_and_the_resumed_log_has_no_duplicates(files, t
     out = tmp_path / "o"
     common = args_for(files, out, "--max_steps", 8, "--logging_steps", 1, "--save_steps", 3, "--save_total_limit", 2,
                       "--eval_strategy", "steps", "--eval_steps", 4)
-    p = run_python(patched_train(tmp_path, KILL_AFTER_SAVE), *common, env={"KILL_AT": "6"})
+    p = run_python(INJECTED_TRAIN, *common, env={"KILL_AT": "6"})
     assert p.returncode == -signal.SIGKILL, p.stderr
     lines = (out / "log.jsonl").read_text(encoding="utf-8").splitlines()
     logged = [json.loads(line) for line in lines]  # every line a whole JSON object

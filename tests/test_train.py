@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import (CTRL_C_AT_STEP, KILL_AFTER_SAVE, ROOT, TINY, hf_model, patched_train, run_python, save_hf,
+from conftest import (INJECTED_TRAIN, ROOT, TINY, hf_model, run_python, save_hf,
                       train_loop,
                       write_text)
 from gpt2 import checkpoint
@@ -188,8 +188,7 @@ def test_resume_after_kill_is_bit_exact(tiny_ckpt, text_file, tmp_path):
               "--cache-dir", tmp_path / "cache"]
     run_train(*common, "--out", tmp_path / "straight")
 
-    killer = patched_train(tmp_path, KILL_AFTER_SAVE)
-    p = run_python(killer, *common, "--out", tmp_path / "killed", env={"KILL_AT": "8"})
+    p = run_python(INJECTED_TRAIN, *common, "--out", tmp_path / "killed", env={"KILL_AT": "8"})
     assert p.returncode == -signal.SIGKILL
     assert (tmp_path / "killed" / "resume.pt").is_file()
     assert not (tmp_path / "killed" / "model.safetensors").exists()
@@ -208,10 +207,9 @@ def test_resume_after_kill_is_bit_exact(tiny_ckpt, text_file, tmp_path):
 
 
 def test_resume_refuses_a_different_command(tiny_ckpt, text_file, tmp_path):
-    killer = patched_train(tmp_path, KILL_AFTER_SAVE)
     common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--max-steps", 4,
               "--save-every", 2, "--no-progress", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o"]
-    run_python(killer, *common, "--lr", "1e-3", env={"KILL_AT": "2"})
+    run_python(INJECTED_TRAIN, *common, "--lr", "1e-3", env={"KILL_AT": "2"})
     def files():  # the run's files (checkpoint-2/'s too); the killed run's .lock is taken over and removed
         out = tmp_path / "o"
         return {str(f.relative_to(out)): f.read_bytes() for f in out.rglob("*") if f.is_file() and f.name != ".lock"}
@@ -386,8 +384,7 @@ def test_ctrl_c_saves_a_resumable_state(tiny_ckpt, text_file, tmp_path):
     common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--max-steps", 8,
               "--lr", "1e-3", "--dropout", 0.1, "--no-progress", "--cache-dir", tmp_path / "cache"]
     run_train(*common, "--out", tmp_path / "straight")
-    script = patched_train(tmp_path, CTRL_C_AT_STEP)
-    p = run_python(script, *common, "--out", tmp_path / "int", env={"CTRL_C_AT": "3"})
+    p = run_python(INJECTED_TRAIN, *common, "--out", tmp_path / "int", env={"CTRL_C_AT": "3"})
     assert p.returncode == 130, p.stderr
     assert "--resume" in p.stdout and not (tmp_path / "int" / "model.safetensors").exists()
     assert torch.load(tmp_path / "int" / "resume.pt", weights_only=True)["step"] == 3

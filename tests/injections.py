@@ -1,0 +1,162 @@
+"""Faults injected into train.py when a test runs it in a child process.
+
+tests/injected_train.py installs every injection below, then runs train.py as
+`python train.py` would. Each one is inert until its environment variable is set,
+so one script serves every test that needs a Ctrl-C, a SIGKILL or a probe at an exact
+moment of a run (torchrun passes the environment on to its workers):
+
+    KILL_AT=s           SIGKILL right after the resumable state of step s is written
+    CTRL_C_AT=s         Ctrl-C (SIGINT) during optimizer step s
+    CTRL_C_EVAL=n       Ctrl-C as the n-th evaluation starts (during training or the final one)
+    CTRL_C_SAVE=k       k Ctrl-C while the final model.safetensors is written (complete, not renamed)
+    KILL_IN_WEIGHTS=1   SIGKILL at that same moment
+    CTRL_C_STATE_AT=s   Ctrl-C twice while the state of step s is written (not yet renamed)
+    KILL_STATE_AT=s     SIGKILL at that moment
+    CTRL_C_SETUP=1      Ctrl-C while the data is loaded, before the run has begun
+    KILL_AT_JSON=name   SIGKILL when the final save is about to write that JSON file
+    SLEEP_MARKER=path   during step 2, create that file and sleep (a run that holds its --out)
+    PROBE_OUT=dir       (torchrun) each rank writes rankN.json: its all-reduces and random seed
+    RANK1_FAIL_AT=s     (torchrun) rank 1 raises a UserError at step s
+    RANK1_CTRL_C_AT=s   (torchrun) Ctrl-C to rank 1 alone at step s
+"""
+
+import json
+import os
+import signal
+import time
+
+import torch
+
+from gpt2 import evaluation, loop, weights
+from gpt2.errors import UserError
+from gpt2.trainer import Trainer
+from harness import run
+from harness.hooks import RunHooks
+from harness.outdir import RunDir
+
+
+def env(name, default=-1) -> int:
+    return int(os.environ.get(name, default))
+
+
+def ctrl_c(times=1):
+    """As many Ctrl-C as asked, each handled before the next."""
+    for _ in range(times):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind
+
+
+def after(cls, name, action):
+    """Replace cls.name by a version that runs `action(self, *args)` after the original."""
+    original = getattr(cls, name)
+
+    def patched(self, *a, **k):
+        result = original(self, *a, **k)
+        action(self, *a)
+        return result
+
+    setattr(cls, name, patched)
+
+
+def before(owner, name, action):
+    """Replace owner.name by a version that runs `action(*args)` before the original."""
+    original = getattr(owner, name)
+
+    def patched(*a, **k):
+        action(*a)
+        return original(*a, **k)
+
+    setattr(owner, name, patched)
+
+
+def install_run_faults():
+    """The single-process faults: signals and kills at exact moments of a run."""
+    after(RunHooks, "save_state", lambda hooks, t, history: env("KILL_AT") == t.step and kill())
+    after(Trainer, "optimizer_step", lambda t, *a: t.step == env("CTRL_C_AT") - 1 and ctrl_c())
+
+    evaluations = [0]
+
+    def count_evaluation(*a):
+        evaluations[0] += 1
+        if evaluations[0] == env("CTRL_C_EVAL"):
+            ctrl_c()
+    before(evaluation, "eval_sums", count_evaluation)
+
+    def while_saving_weights(tensors, path, *a):
+        if os.sep + "best" + os.sep not in str(path):
+            if env("KILL_IN_WEIGHTS") == 1:
+                kill()
+            ctrl_c(max(0, env("CTRL_C_SAVE", 0)))
+    after_function(weights, "save_file", while_saving_weights)
+
+    def while_saving_state(obj, f, *a):
+        if isinstance(obj, dict) and ".tmp-" in str(f):
+            if obj.get("step") == env("KILL_STATE_AT"):
+                kill()
+            if obj.get("step") == env("CTRL_C_STATE_AT"):
+                ctrl_c(2)
+    after_function(torch, "save", while_saving_state)
+
+    before(run, "load_data", lambda *a: env("CTRL_C_SETUP") == 1 and ctrl_c())
+    before(RunDir, "write_json", lambda out, name, obj: name == os.environ.get("KILL_AT_JSON") and kill())
+
+    def hold_the_directory(t, *a):
+        if t.step == 1 and os.environ.get("SLEEP_MARKER"):
+            open(os.environ["SLEEP_MARKER"], "w").close()
+            time.sleep(120)
+    after(Trainer, "optimizer_step", hold_the_directory)
+
+
+def after_function(module, name, action):
+    """Replace module.name (a function) by a version that runs `action(*args)` after it."""
+    original = getattr(module, name)
+
+    def patched(*a, **k):
+        result = original(*a, **k)
+        action(*a)
+        return result
+
+    setattr(module, name, patched)
+
+
+def install_torchrun_probes():
+    """Under torchrun: count each rank's gradient all-reduces; fail or Ctrl-C rank 1 alone."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    rank = int(os.environ.get("RANK", 0))
+
+    def rank1_faults(t, *a):
+        if rank == 1 and t.step == env("RANK1_FAIL_AT"):
+            raise UserError("rank 1 cannot go on")
+        if rank == 1 and t.step == env("RANK1_CTRL_C_AT"):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as torchrun passes it on, to rank 1 only
+    before(Trainer, "optimizer_step", rank1_faults)
+    if not os.environ.get("PROBE_OUT"):
+        return
+
+    def count_all_reduces(t, *a):
+        forwards, calls = [0], []
+        t.step_model.register_forward_pre_hook(lambda m, i: forwards.__setitem__(0, forwards[0] + 1))
+
+        def hook(state, bucket):
+            calls.append(forwards[0])
+            return default_hooks.allreduce_hook(state, bucket)
+        t.step_model.register_comm_hook(None, hook)
+        t._probe = {"forwards": forwards, "calls": calls, "step_ends": []}
+    after(Trainer, "__init__", count_all_reduces)
+    after(Trainer, "optimizer_step", lambda t, *a: t._probe["step_ends"].append(t._probe["forwards"][0]))
+
+    def report(t, *a):
+        with open(os.path.join(os.environ["PROBE_OUT"], f"rank{rank}.json"), "w") as f:
+            json.dump({"calls": t._probe["calls"], "step_ends": t._probe["step_ends"],
+                       "seed": torch.initial_seed()}, f)
+    after_function(loop, "train", lambda t, *a: report(t))
+
+
+def install():
+    install_run_faults()
+    install_torchrun_probes()
