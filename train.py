@@ -23,7 +23,7 @@ from gpt2.lora import merged_model, save_adapter
 from gpt2.loop import History
 from gpt2.trainer import Trainer
 from gpt2.weights import save_checkpoint
-from harness import checkpoints, hub, lr_finder, outdir, plan, sweep
+from harness import hub, lr_finder, outdir, plan, sweep
 from harness.cli import train_parser
 from harness.hooks import RunHooks, bytes_needed
 from harness.report import Logger, metrics_block, summary_writer_class
@@ -115,14 +115,11 @@ def checked_state(args, lr):
 
 
 def resume_state(args):
-    """--resume: OUT/resume.pt, else the state of OUT's newest checkpoint-<step>/ (a finished
-    run keeps only those); --resume-from-checkpoint PATH: that state; else None."""
+    """--resume: OUT/resume.pt, the newest state (every save writes it, checkpoint-<step>/ folders
+    or not); --resume-from-checkpoint PATH: that state, or a checkpoint folder's; else None."""
     if args.resume_from:
         return outdir.state_file(args.resume_from)
-    if not args.resume:
-        return None
-    latest = os.path.join(args.out, "resume.pt")
-    return latest if os.path.isfile(latest) else (checkpoints.newest_state(args.out) or latest)
+    return os.path.join(args.out, "resume.pt") if args.resume else None
 
 
 def wants_tensorboard(args) -> bool:

@@ -8,16 +8,17 @@ model in its own right:
         vocab.json, merges.txt           evaluate.py and transformers open the folder as a model
         run_args.json                    the run's flags, so evaluate.py knows its validation text
         trainer_state.json               step, epoch, log history so far (as the Trainer writes it)
-        resume.pt                        the resumable state beside it: --resume continues from here
+        resume.pt                        the resumable state beside it (--resume-from-checkpoint)
 
 and `--save_total_limit N` to keep the newest N of them. This module lays out those
-folders; the loop decides when to write one (gpt2/control.py) and what the state
-holds (gpt2/checkpoint.py).
+folders; the loop decides when to save (gpt2/loop.py), harness/hooks.py writes the
+folder, and gpt2/checkpoint.py says what the state holds.
 
 A folder is written whole or not at all: everything goes into checkpoint-<step>.tmp-<pid>
 first, which is renamed when complete (a rename is atomic). A kill mid-save leaves only
 the temporary folder, which the next run removes (outdir.RunDir.claim); so every
-checkpoint-<step>/ that exists is complete, and the newest is the one to resume from.
+checkpoint-<step>/ that exists is complete. (OUT/resume.pt, which --resume reads, is
+written at every save too: the same state as the newest folder's, under a second name.)
 """
 
 import os
@@ -40,12 +41,6 @@ def checkpoints(out) -> list[tuple[int, str]]:
         return []
     found = [(int(m[1]), os.path.join(out, name)) for name in os.listdir(out) if (m := PATTERN.fullmatch(name))]
     return sorted((step, path) for step, path in found if os.path.isdir(path))
-
-
-def newest_state(out) -> str | None:
-    """The resumable state of OUT's newest checkpoint folder (--resume), or None."""
-    states = [os.path.join(path, STATE) for _, path in checkpoints(out) if os.path.isfile(os.path.join(path, STATE))]
-    return states[-1] if states else None
 
 
 def write(out, step, save_model, save_state, run_args, trainer_state) -> str:

@@ -328,7 +328,7 @@ def _add_output_args(g):
     g.add_argument("--overwrite", "--overwrite_output_dir", dest="overwrite", action=Switch, default=False,
                    help="allow writing into a non-empty --out: the old run's results are removed first")
     g.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --out (its resume.pt, else its newest checkpoint-<step>/)")
+                   help="continue the run saved in --out (its resume.pt: the newest state)")
     g.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from", metavar="PATH",
                    help="continue from this resumable state (a resume.pt file, or a directory holding one, "
                         "such as OUT/checkpoint-50); into --out")

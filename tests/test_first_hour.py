@@ -341,7 +341,6 @@ def test_checkpoint_folders_are_models_with_their_state_beside(tiny_ckpt, tmp_pa
         checkpoints.write(str(out), step, save_model, lambda path: torch.save({"step": step}, path), args,
                           {"global_step": step, "log_history": []})
     assert [s for s, _ in checkpoints.checkpoints(str(out))] == [2, 4, 6]
-    assert checkpoints.newest_state(str(out)) == str(out / "checkpoint-6" / "resume.pt")
     assert checkpoints.rotate(str(out), 2) == [str(out / "checkpoint-2")]
     assert checkpoints.rotate(str(out), 1, keep=[str(out / "checkpoint-4")]) == []  # the best stays
     # A save killed half-way leaves a temporary folder, never a checkpoint-<step>/ that is not whole.
@@ -399,22 +398,24 @@ def test_a_run_into_a_file_shows_progress_lines_and_an_estimate(tiny_ckpt, tmp_p
     assert "***** eval metrics *****" in capsys.readouterr().out
 
 
-def test_resume_continues_from_the_newest_checkpoint_folder(tmp_path):
+def test_resume_from_a_checkpoint_folder_of_the_run_continues_it(tmp_path):
     import argparse
 
     import train
+    from gpt2.errors import UserError
     from harness import outdir
 
-    out = tmp_path / "run"
-    for step in (3, 12, 6):
-        (out / f"checkpoint-{step}").mkdir(parents=True)
-        torch.save({"step": step}, out / f"checkpoint-{step}" / "resume.pt")
-    args = argparse.Namespace(resume=True, resume_from=None, out=str(out))
+    out, other = tmp_path / "run", tmp_path / "other"
+    for d in (out, other):
+        (d / "checkpoint-6").mkdir(parents=True)
+        torch.save({"step": 6}, d / "checkpoint-6" / "resume.pt")
+        (d / "model.safetensors").write_bytes(b"x")
+    args = argparse.Namespace(resume=False, resume_from=str(out / "checkpoint-6"), out=str(out))
     state = train.resume_state(args)
-    assert state == str(out / "checkpoint-12" / "resume.pt")
-    outdir.check(str(out), overwrite=False, state=state)  # continuing its own run: allowed
-    torch.save({"step": 13}, out / "resume.pt")  # a state newer than any folder (Ctrl-C) comes first
-    assert train.resume_state(args) == str(out / "resume.pt")
+    assert state == str(out / "checkpoint-6" / "resume.pt")
+    outdir.check(str(out), overwrite=False, state=state)  # its own run: allowed into a non-empty --out
+    with pytest.raises(UserError, match="not empty"):  # another run's folder: not into this --out
+        outdir.check(str(out), overwrite=False, state=str(other / "checkpoint-6" / "resume.pt"))
 
 
 def test_a_resumed_runs_train_time_counts_every_session(tiny_ckpt, tmp_path, capsys):
