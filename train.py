@@ -137,7 +137,7 @@ def evaluate_only(args):
     if run.val_blocks is None:
         raise UserError("--do_eval: no validation data (--validation-split 0 and no --validation-file)")
     shard = run.val_blocks[run.dist.rank::run.dist.world_size]  # each process its share, the sums added up
-    metrics = evaluate(run.model.to(run.device), shard, run.cfg.eval_batch_size, run.device, run.cfg.precision,
+    metrics = evaluate(run.model.to(run.device), shard, run.cfg.eval_batch_size, run.device, run.cfg.eval_precision,
                        reduce=run.dist.all_reduce_sum)
     if run.dist.is_main:
         print(metrics_block("eval", metrics))

@@ -116,6 +116,7 @@ class TrainConfig:
     best_metric: str = "eval_loss"  # or eval_accuracy (the higher the better)
     patience: int = 0
     precision: str = "fp32"
+    eval_precision: str | None = None  # evaluations' precision; None: as training's (run.py decides)
     compile: bool = False
     progress: bool = True
 
@@ -310,7 +311,8 @@ class Trainer:
     def evaluate(self, stop=None):
         # Each process evaluates its own share of the blocks; the sums are added up.
         shard = self.val_blocks[self.dist.rank::self.dist.world_size]
-        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device, self.cfg.precision,
+        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device,
+                        self.cfg.eval_precision or self.cfg.precision,
                         reduce=self.dist.all_reduce_sum, stop=stop)
 
     def load_weights(self, directory):
