@@ -21,7 +21,7 @@ from gpt2.cli import train_parser
 from gpt2.control import Interrupt
 from gpt2.errors import UserError, run_cli
 from gpt2.evaluation import evaluate
-from gpt2.lora import merged_model, save_adapter
+from gpt2.lora import adapter_dir, merged_model, save_adapter
 from gpt2.report import Logger, metrics_block, summary_writer_class
 from gpt2.run import describe, setup
 from gpt2.trainer import Trainer
@@ -50,11 +50,11 @@ def train(args, lr):
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks: each process its own
     out = outdir.RunDir(args.out, run.dist.is_main)
 
-    def save_model(directory):  # a complete model directory: weights, config, tokenizer (and adapter)
+    def save_model(directory):  # a complete model directory: weights, config, tokenizer (and adapter/)
         save_checkpoint(merged_model(run.model) if args.lora else run.model, directory)
         out.copy_files(run.tokenizer.files, directory)
         if args.lora:
-            save_adapter(run.model, directory, base_model=args.model)
+            save_adapter(run.model, adapter_dir(directory), base_model=args.model)
 
     interrupt = Interrupt(announce=run.dist.is_main)
     logger = Logger(out_dir=args.out, tensorboard=wants_tensorboard(args)) if run.dist.is_main else \

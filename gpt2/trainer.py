@@ -87,7 +87,7 @@ from .data import epoch_permutation, to_batch
 from .distributed import Dist
 from .evaluation import evaluate
 from .precision import autocast, make_scaler
-from .lora import load_adapter
+from .lora import adapter_dir, load_adapter
 from .weights import load_into, read_safetensors, save_checkpoint
 
 
@@ -316,9 +316,9 @@ class Trainer:
                         reduce=self.dist.all_reduce_sum, stop=stop)
 
     def load_weights(self, directory):
-        """The weights save_model wrote into `directory` (best/): under LoRA, the adapter alone."""
+        """The weights save_model wrote into `directory` (best/): under LoRA, the adapter alone (best/adapter/)."""
         if getattr(self.model, "lora_config", None) is not None:
-            load_adapter(self.model, directory)
+            load_adapter(self.model, adapter_dir(directory))
         else:
             path = os.path.join(directory, "model.safetensors")
             load_into(self.model, read_safetensors(path), path)
