@@ -230,7 +230,7 @@ from .distributed import Dist
 from .errors import UserError
 from .files import write_json
 from .hub import ALIASES, default_weights_dir, is_hub_id
-from .precision import pick_device, resolve_precision
+from .precision import eval_note, eval_precision, pick_device, resolve_precision
 from .run import pick_attention_recompute, pick_block_size, pick_loss_chunk
 
 MB = 2**20  # the MB of train_peak_memory_mb, and of this module
@@ -852,7 +852,8 @@ def settings_for(args, cfg: GPT2Config, device) -> tuple:
                  lora_targets=args.lora_targets, lora_dropout=args.lora_dropout, grad_accum=accum)
     p = count_parameters(cfg, s.lora_rank, s.lora_targets)
     lora = f" (LoRA rank {s.lora_rank})" if s.lora_rank else ""
-    notes = [f"precision {precision}: {why}", f"loss: {chunk_why}", f"attention: {recompute_why}",
+    evals = eval_note(precision, eval_precision(args.precision, precision))
+    notes = [f"precision {precision}: {why}{evals}", f"loss: {chunk_why}", f"attention: {recompute_why}",
              f"parameters: {p.trainable:,} trainable of {p.total:,}{lora}"]
     return s, notes
 

@@ -111,6 +111,11 @@ def eval_precision(requested: str, precision: str) -> str:
     return precision if requested == precision else "fp32"
 
 
+def eval_note(precision: str, evals: str) -> str:
+    """What the run's header (and --plan) adds to the precision line when evaluations differ."""
+    return f"; evaluations in {evals} (auto is for training only)" if evals != precision else ""
+
+
 def use_tf32(device: torch.device) -> None:
     """Let fp32 matmuls use TF32 tensor cores on CUDA (see the module docstring)."""
     if device.type == "cuda":

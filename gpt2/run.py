@@ -38,7 +38,7 @@ from .errors import UserError
 from .hub import ALIASES, resolve
 from .lora import add_lora, trainable_parameters
 from .model import GPT2
-from .precision import eval_precision, resolve_precision, use_tf32
+from .precision import eval_note, eval_precision, resolve_precision, use_tf32
 from .tokenizer import Tokenizer
 from .trainer import TrainConfig
 from .weights import load_checkpoint
@@ -100,9 +100,7 @@ def setup(args, lr) -> Run:
         print("warning: evaluations during training asked for, but there is no validation data "
               "(--validation-split 0 and no --validation-file): none will run", file=sys.stderr)
     trainable, total = trainable_parameters(model)
-    evals = f"; evaluations in {cfg.eval_precision} (auto is for training only)" if cfg.eval_precision != precision \
-        else ""
-    notes = [f"precision {precision}: {why}{evals}", f"loss: {chunk_why}", f"attention: {recompute_why}",
+    notes = [f"precision {precision}: {why}{eval_note(precision, cfg.eval_precision)}", f"loss: {chunk_why}", f"attention: {recompute_why}",
              f"parameters: {trainable:,} trainable of {total:,}" + (f" (LoRA rank {args.lora})" if args.lora else "")]
     notes += [batch_note] if batch_note else []
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
