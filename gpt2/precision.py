@@ -18,7 +18,9 @@ AVX512-BF16 or AMX instructions of recent Xeons): there a training step runs abo
 twice as fast as in fp32. Elsewhere the bf16 numbers are converted back and forth
 around fp32 arithmetic, which is slower than plain fp32. So `--precision auto` picks
 bf16 on a CPU that has those instructions and fp32 on one that does not, and says
-why in the run's header. fp16 needs a GPU (and its GradScaler); asked for on a CPU,
+why in the run's header. That choice is for speed, so it applies to training only:
+under auto, evaluations run in fp32 (eval_precision), and the metrics do not depend on
+the instruction set. fp16 needs a GPU (and its GradScaler); asked for on a CPU,
 it falls back to what auto picks.
 
 TF32: on Ampere and newer GPUs, fp32 matmuls can run on the tensor cores with a
@@ -28,6 +30,7 @@ global switch, so run.py calls it once, in plain sight.
 """
 
 import contextlib
+import os
 import sys
 
 import torch
@@ -49,7 +52,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX), as PyTorch's own kernels check?"""
+    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX), as PyTorch's own kernels check?
+
+    The environment variable GPT2_CPU_BF16 overrides the detection: 1 says yes, 0 says
+    no (the tests use it to take both branches on any machine; see .ci/run).
+    """
+    forced = os.environ.get("GPT2_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if all(check is not None for check in checks):
         return any(check() for check in checks)
@@ -88,6 +98,22 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     if requested == "fp32":
         return "fp32", "--fp32"
     return auto
+
+
+def eval_precision(requested: str, precision: str) -> str:
+    """The precision evaluations run in, given --precision and what training resolved it to.
+
+    What auto picks is for speed and applies to training only: under auto, evaluations
+    run in fp32, so that the metrics do not depend on the machine's instruction set. A
+    precision the user named is used for evaluation too (as the HF Trainer does), where
+    this device honours it (--fp16 on a CPU falls back to auto: fp32 then).
+    """
+    return precision if requested == precision else "fp32"
+
+
+def eval_note(precision: str, evals: str) -> str:
+    """What the run's header (and --plan) adds to the precision line when evaluations differ."""
+    return f"; evaluations in {evals} (auto is for training only)" if evals != precision else ""
 
 
 def use_tf32(device: torch.device) -> None:

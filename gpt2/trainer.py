@@ -111,7 +111,7 @@ class TrainConfig:
     best_metric: str = "eval_loss"  # or eval_accuracy (the higher the better)
     patience: int = 0
     precision: str = "fp32"       # what the training steps use
-    eval_precision: str = "fp32"  # what evaluations use (precision.py)
+    eval_precision: str | None = None  # what evaluations use; None: as training (run.py decides)
     compile: bool = False
     progress: bool = True
 
@@ -283,5 +283,6 @@ class Trainer:
     def evaluate(self, val_blocks, stop=None):
         # Each process evaluates its own share of the blocks; the sums are added up.
         shard = val_blocks[self.dist.rank::self.dist.world_size]
-        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device, self.cfg.eval_precision,
+        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device,
+                        self.cfg.eval_precision or self.cfg.precision,
                         reduce=self.dist.all_reduce_sum, stop=stop)

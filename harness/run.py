@@ -6,7 +6,8 @@ model, the data, the TrainConfig, and every decision taken on the way, with the
 reason where there was a choice:
 
     dist, device   distributed.setup: a single process, or one of torchrun's
-    precision      precision.resolve: what --precision auto means on this machine
+    precision      precision.resolve: what --precision auto means on this machine; and
+                   precision.eval_precision: evaluations in fp32 under auto
     block size     --block-size, else the model's context (at most 1024)
     model          weights.load_checkpoint, the memory options given to its constructor
                    (some depend on the block size); with --lora, adapters added and
@@ -36,7 +37,7 @@ from gpt2.errors import UserError
 from .hub import ALIASES, resolve
 from gpt2.lora import add_lora, trainable_parameters
 from gpt2.model import GPT2
-from gpt2.precision import resolve_precision, use_tf32
+from gpt2.precision import eval_note, eval_precision, resolve_precision, use_tf32
 from gpt2.tokenizer import Tokenizer
 from gpt2.trainer import TrainConfig
 from gpt2.weights import load_checkpoint
@@ -93,12 +94,13 @@ def setup(args, lr) -> Run:
         torch.manual_seed(args.seed)  # the adapters' random init (A) is part of the run: the seed decides it
         add_lora(model, args.lora, args.lora_alpha, args.lora_dropout, args.lora_targets)
     micro, accum, batch_note = choose_micro_batch(args, model, train_blocks.shape[1], precision, dist, device)
-    cfg = train_config(args, lr, precision, micro, accum)
+    cfg = train_config(args, lr, precision, micro, accum, eval_precision(args.precision, precision))
     if dist.is_main and cfg.eval_strategy != "no" and val_blocks is None:
         print("warning: evaluations during training asked for, but there is no validation data "
               "(--validation-split 0 and no --validation-file): none will run", file=sys.stderr)
     trainable, total = trainable_parameters(model)
-    notes = [f"precision {precision}: {why}", f"loss: {chunk_why}", f"attention: {recompute_why}",
+    notes = [f"precision {precision}: {why}{eval_note(precision, cfg.eval_precision)}",
+             f"loss: {chunk_why}", f"attention: {recompute_why}",
              f"parameters: {trainable:,} trainable of {total:,}" + (f" (LoRA rank {args.lora})" if args.lora else "")]
     notes += [batch_note] if batch_note else []
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
@@ -176,7 +178,7 @@ def choose_micro_batch(args, model, block_size, precision, dist, device):
     return micro, accum, note
 
 
-def train_config(args, lr, precision, batch_size, grad_accum) -> TrainConfig:
+def train_config(args, lr, precision, batch_size, grad_accum, eval_precision=None) -> TrainConfig:
     """The TrainConfig for these flags; run_clm's strategies resolved to step counts."""
     return TrainConfig(
         lr=lr, epochs=args.epochs, max_steps=max(0, args.max_steps), batch_size=batch_size,
@@ -187,7 +189,7 @@ def train_config(args, lr, precision, batch_size, grad_accum) -> TrainConfig:
         eval_batch_size=args.eval_batch_size, save_strategy=save_strategy(args),
         save_every=args.save_every if args.save_every > 0 else 500, save_total_limit=args.save_total_limit,
         save_best=args.save_best, best_metric=args.best_metric, patience=args.patience,
-        precision=precision, compile=args.compile, progress=args.progress,
+        precision=precision, eval_precision=eval_precision, compile=args.compile, progress=args.progress,
     )
 
 

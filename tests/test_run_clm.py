@@ -272,6 +272,7 @@ def test_max_samples_above_the_data_keep_it_all(files, tmp_path):
 
 # --- 3. --do_train / --do_eval ----------------------------------------------------------------
 
+@pytest.mark.precision
 def test_do_eval_alone_evaluates_only_as_evaluate_py(files, tmp_path, capsys):
     out = tmp_path / "eval_only"
     weights = Path(files["ckpt"], "model.safetensors").read_bytes()
@@ -293,6 +294,30 @@ def test_do_eval_alone_evaluates_only_as_evaluate_py(files, tmp_path, capsys):
         assert results["eval_accuracy"] == ref["eval_accuracy"]
         assert results["eval_samples"] == ref["eval_samples"]
         assert results["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-6)
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["bf16-cpu", "fp32-cpu"])
+def test_auto_trains_as_the_cpu_allows_and_evaluates_in_fp32(native, files, tmp_path, capsys, monkeypatch):
+    """Issue #19: --precision auto's bf16 is for training; the evaluations during training and at
+    its end give what evaluate.py measures on the saved model, on any CPU. --bf16 evaluates in bf16."""
+    monkeypatch.setenv("GPT2_CPU_BF16", native)
+    out = run(files, tmp_path / "o", "--precision", "auto", "--max_steps", 2, "--eval_steps", 2,
+              "--eval_strategy", "steps")
+    header = capsys.readouterr().out
+    assert f"precision {'bf16' if native == '1' else 'fp32'}: auto" in header
+    assert ("evaluations in fp32" in header) == (native == "1")
+    reference = tmp_path / "evaluate.json"
+    assert evaluate_cli.main([str(out), "--validation-file", files["val"], "--block-size", "32",
+                              "--cache-dir", files["cache"], "--json", str(reference)]) == 0
+    ref = read_json(reference)
+    during = [e for e in read_json(out / "log_history.json") if "eval_loss" in e]
+    for results in (read_json(out / "eval_results.json"), during[-1]):
+        assert results["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6)
+        assert results["eval_accuracy"] == ref["eval_accuracy"]
+    named = tmp_path / "named.json"  # a precision the user names is used for the evaluation too
+    assert evaluate_cli.main([str(out), "--validation-file", files["val"], "--block-size", "32", "--bf16",
+                              "--cache-dir", files["cache"], "--json", str(named)]) == 0
+    assert "cpu bf16" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--do_train"], ["--do_train", "--do_eval"], []], ids=["train", "both", "neither"])
