@@ -208,27 +208,6 @@ def test_resume_after_kill_is_bit_exact(tiny_ckpt, text_file, tmp_path):
 
 # SIGKILL in the middle of optimizer step KILL_IN_STEP (after forward and backward, before AdamW),
 # or right after resume.pt of step KILL_AFTER_SAVE_AT is written: what a kill at a random moment meets.
-KILL_AT_A_MOMENT = """
-from gpt2 import checkpoint
-from gpt2.trainer import Trainer
-save, step = checkpoint.save, Trainer.optimizer_step
-def save_then_die(t):
-    save(t)
-    if t.step == int(os.environ.get("KILL_AFTER_SAVE_AT", -1)):
-        os.kill(os.getpid(), signal.SIGKILL)
-def step_and_die(self, *a, **k):
-    if self.step + 1 == int(os.environ.get("KILL_IN_STEP", -1)):
-        clip = torch.nn.utils.clip_grad_norm_
-        def die(*args, **kwargs):  # the gradients are there; the update is not
-            os.kill(os.getpid(), signal.SIGKILL)
-        torch.nn.utils.clip_grad_norm_ = die
-    return step(self, *a, **k)
-import torch
-checkpoint.save = save_then_die
-Trainer.optimizer_step = step_and_die
-"""
-
-
 def test_resume_with_bf16_after_kills_at_random_moments_is_bit_exact(tiny_ckpt, text_file, tmp_path):
     """Issue #19: with the defaults on a CPU with native bf16 (forced: GPT2_CPU_BF16=1), a run killed
     five times at random moments after its first resume.pt, and resumed each time, ends with the
@@ -242,15 +221,15 @@ def test_resume_with_bf16_after_kills_at_random_moments_is_bit_exact(tiny_ckpt, 
     env = {"GPT2_CPU_BF16": "1", "OMP_NUM_THREADS": "2"}  # auto: bf16, with two threads as on a small machine
     p = run_train(*common, "--out", tmp_path / "straight", env=env)
     assert "precision bf16: auto" in p.stdout
-    killer, rng, done = patched_train(tmp_path, KILL_AT_A_MOMENT), random.Random(19), 0
+    rng, done = random.Random(19), 0
     args = [*common, "--out", tmp_path / "killed"]
     kills = []
     for i in range(5):  # each kill somewhere after the state this run (re)started from
-        moment = rng.choice(["KILL_IN_STEP", "KILL_AFTER_SAVE_AT"])
+        moment = rng.choice(["KILL_IN_STEP", "KILL_AT"])  # tests/injections.py
         start = max(done, every)  # within the 4 steps after the state it starts from (the first: step 2)
         step = rng.choice([s for s in range(start + 1, start + 5) if moment == "KILL_IN_STEP" or s % every == 0])
         kills.append((moment, step))
-        p = run_python(killer, *args, *(["--resume"] if i else []), env={**env, moment: str(step)})
+        p = run_python(INJECTED_TRAIN, *args, *(["--resume"] if i else []), env={**env, moment: str(step)})
         assert p.returncode == -signal.SIGKILL, p.stderr
         done = torch.load(tmp_path / "killed" / "resume.pt", weights_only=True)["step"]
     p = run_train(*args, "--resume", env=env)
