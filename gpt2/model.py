@@ -178,7 +178,7 @@ class GPT2(nn.Module):
         # The output layer scores each vocabulary entry by its dot product with the
         # final hidden state. GPT-2 reuses the input embedding matrix for it ("tied"
         # weights): a token's vector is both what the model reads for it and what it
-        # compares against to predict it, and the 124M model saves 38M parameters.
+        # compares against to predict it, and it saves 38M of 124M parameters (config.py: the table).
         # It is one nn.Parameter with two uses: its gradient is the sum of both
         # uses' gradients, and AdamW (which lists each parameter once) updates it once.
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False, device="meta")  # no memory: replaced
