@@ -583,7 +583,7 @@ def test_refused_option_in_one_line(option, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
-    assert option in lines[0] and "no meaning in train.py" in lines[0]
+    assert option in lines[0] and "is not a train.py option" in lines[0]
     assert hint in lines[0], lines[0]
     assert captured.out == ""
 
