@@ -76,10 +76,10 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(k, v)  # (B, nh, past + T, hd)
         # softmax(q k^T / sqrt(hd)) v, by PyTorch's fused kernel (flash / memory-efficient
         # attention on CUDA: the T x T matrix is never stored). Why / sqrt(hd) (the kernel's
-        # default scale): q.k sums hd products, so with unit-variance entries its variance is
-        # hd (std 8 for hd = 64); unscaled, the softmax saturates to one-hot and its gradient
-        # vanishes. Dividing by sqrt(hd) brings the scores back to variance 1. The causal mask lets
-        # query t see keys 0..t only. For T = 4 (x: may look, .: masked to -inf):
+        # default scale): q.k sums hd products; with independent zero-mean, unit-variance
+        # entries its variance is hd (std 8 for hd = 64). Unscaled, the softmax saturates to
+        # one-hot and its gradient vanishes; / sqrt(hd) brings the scores back to variance 1.
+        # The causal mask lets query t see keys 0..t only. For T = 4 (x: may look, .: -inf):
         #
         #                keys:  a  b  c  d
         #      query a          x  .  .  .

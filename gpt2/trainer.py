@@ -158,7 +158,7 @@ def param_groups(model, weight_decay):
 
 
 def schedule(kind, optimizer, warmup_steps, total_steps):
-    """The learning-rate schedule: lr x factor(step) (see the module docstring)."""
+    """The learning-rate schedule: lr x factor(step) (see the module docstring; to add one: docs/extending.md)."""
 
     def factor(step):
         if kind == "constant":

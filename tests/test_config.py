@@ -273,4 +273,4 @@ def test_docstring_parameter_table():
         "lm_head": 0, "total": sum(p.numel() for p in model.parameters()),
     }
     assert model.lm_head.weight is model.transformer.wte.weight
-    assert table["total"] == 124_439_808
+    assert table["total"] == 124_439_808 == gpt2.config.parameter_count(vars(PRESETS["gpt2"]))
