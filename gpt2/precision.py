@@ -3,15 +3,28 @@
 A GPU multiplies 16-bit floats several times faster than 32-bit ones, and 16-bit
 activations take half the memory. `torch.amp.autocast` runs the matmuls in 16 bits
 while keeping the weights, the optimizer state and precision-sensitive operations
-(LayerNorm, softmax, the loss) in fp32. Two 16-bit formats exist:
+(LayerNorm, softmax, the loss) in fp32. A float is a sign, an exponent (the range)
+and a mantissa (the precision); two 16-bit formats split the bits differently:
 
-* bf16 has fp32's exponent range with fewer mantissa bits: values never overflow or
-  underflow where fp32 would not, so it needs nothing else. Ampere GPUs and newer.
-* fp16 has more mantissa but a tiny range: gradients below ~6e-8 round to zero. The
-  `GradScaler` multiplies the loss by a large factor S before backward, so gradients
-  are S times larger and stay representable, then divides them by S before the
-  optimizer step. If any gradient overflowed to inf/NaN, the step is skipped and S is
-  halved; after 2000 good steps S is doubled again. That is how run_clm's `--fp16` works.
+    format  sign exponent mantissa  largest   smallest normal  decimal digits
+    fp32    1    8        23        3.4e38    1.2e-38          ~7.2
+    bf16    1    8        7         3.4e38    1.2e-38          ~2.4
+    fp16    1    5        10        65,504    6.1e-5           ~3.3
+
+(Decimal digits: log10 of 2^(mantissa + 1), the leading 1 being implicit; the
+numbers are torch.finfo's.) Below the smallest normal, fp16 still has subnormals,
+with fewer bits, down to 2^-24 = 6e-8; below about half of that, a value rounds to 0.
+
+* bf16 has fp32's exponent, so fp32's range: values never overflow or underflow where
+  fp32 would not, and it needs nothing else. Ampere GPUs and newer.
+* fp16 has more mantissa but a tiny range: small gradients round to zero, a large
+  value overflows to inf. The `GradScaler` multiplies the loss by a factor S before
+  backward, so gradients are S times larger and stay representable, then divides them
+  by S before the optimizer step. S starts at 2^16 = 65,536. If any gradient overflowed
+  to inf/NaN, the step is skipped and S is halved; after 2,000 steps in a row without
+  an overflow, S is doubled (PyTorch's defaults, which `make_scaler` keeps: init_scale
+  2**16, backoff_factor 0.5, growth_factor 2, growth_interval 2000). So S hovers near
+  the largest factor that does not overflow. That is how run_clm's `--fp16` works.
 
 On the CPU, bf16 pays only where the processor multiplies bf16 natively (the
 AVX512-BF16 or AMX instructions of recent Xeons): there a training step runs about

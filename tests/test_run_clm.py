@@ -226,6 +226,29 @@ def test_schedule_matches_get_scheduler_step_by_step(kind, warmup, files):
     assert rates == pytest.approx(reference_lrs(kind, 3e-4, expected_warmup, total), rel=1e-12, abs=0)
 
 
+def test_docstring_schedule_example():
+    """gpt2/trainer.py's worked example (lr 1e-4, 10 steps, 2 warm-up, linear) is what schedule() gives."""
+    from fractions import Fraction
+
+    from gpt2 import trainer as trainer_module
+
+    rows = {}
+    for line in trainer_module.__doc__.splitlines():
+        words = line.split()
+        if words[:1] in (["factor"], ["rate"]) and len(words) == 11:
+            rows[words[0]] = words[1:]
+    assert set(rows) == {"factor", "rate"}, "the example's table is gone from trainer.py's docstring"
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    ours = schedule("linear", opt, 2, 10)
+    rates = []
+    for _ in range(10):
+        rates.append(ours.get_last_lr()[0])
+        opt.step()
+        ours.step()
+    assert rates == pytest.approx([float(r) for r in rows["rate"]], rel=1e-12, abs=0)
+    assert [r / 1e-4 for r in rates] == pytest.approx([float(Fraction(f)) for f in rows["factor"]], rel=1e-12, abs=0)
+    assert rates == pytest.approx(reference_lrs("linear", 1e-4, 2, 10), rel=1e-12, abs=0)
+
 @pytest.mark.parametrize("kind,flag,value", [("linear", "--warmup_ratio", 0.3), ("cosine", "--warmup_ratio", 0.25),
                                              ("constant_with_warmup", "--warmup_steps", 3),
                                              ("constant", "--warmup_steps", 3)])
@@ -585,7 +608,7 @@ def test_refused_option_in_one_line(option, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
-    assert option in lines[0] and "no meaning in train.py" in lines[0]
+    assert option in lines[0] and "is not a train.py option" in lines[0]
     assert hint in lines[0], lines[0]
     assert captured.out == ""
 

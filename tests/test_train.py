@@ -106,7 +106,7 @@ def test_accumulation_equals_big_batch(tiny_ckpt):
 
 
 def test_short_last_micro_batch_is_weighted_by_tokens(tiny_ckpt):
-    """7 blocks, micro-batch 2 x accumulation 4 = one step of 2+2+2+1 blocks: the mean over 7 blocks."""
+    """gpt2/trainer.py's worked accumulation example (7 blocks, micro-batch 2 x accumulation 4): the mean over 7 blocks."""
     blocks = random_blocks(7)
     grads = {}
 
