@@ -27,7 +27,7 @@ from gpt2.evaluation import evaluate
 from gpt2.files import read_json, write_json
 from harness.hub import ALIASES, is_hub_id, resolve
 from harness.outdir import run_status
-from gpt2.precision import autocast, pick_device, resolve_precision
+from gpt2.precision import autocast, eval_precision, pick_device, resolve_precision
 from harness.report import metrics_block
 from harness.run import pick_block_size
 from gpt2.tokenizer import Tokenizer
@@ -215,7 +215,7 @@ def evaluate_models(args, asked) -> dict:
         check_model_arg(name)
     directories = {name: resolve(name, args.weights_dir) for name in args.models}  # downloads first
     device = pick_device(args.device)
-    precision, _ = resolve_precision(args.precision, device)
+    precision = eval_precision(args.precision, resolve_precision(args.precision, device)[0])  # auto: fp32
     measured, block_sizes = {}, set()
     for name in args.models:
         model = load_checkpoint(directories[name]).to(device).eval()

@@ -19,7 +19,7 @@ import torch
 from gpt2 import checkpoint, loop
 from gpt2.errors import NonFiniteLoss, UserError, run_cli
 from gpt2.evaluation import evaluate
-from gpt2.lora import merged_model, save_adapter
+from gpt2.lora import adapter_dir, merged_model, save_adapter
 from gpt2.loop import History
 from gpt2.trainer import Trainer
 from gpt2.weights import save_checkpoint
@@ -52,11 +52,11 @@ def train(args, lr):
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks: each process its own
     out = outdir.RunDir(args.out, run.dist.is_main)
 
-    def save_model(directory):  # a complete model directory: weights, config, tokenizer (and adapter)
+    def save_model(directory):  # a complete model directory: weights, config, tokenizer (and adapter/)
         save_checkpoint(merged_model(run.model) if args.lora else run.model, directory)
         out.copy_files(run.tokenizer.files, directory)
         if args.lora:
-            save_adapter(run.model, directory, base_model=args.model)
+            save_adapter(run.model, adapter_dir(directory), base_model=args.model)
 
     interrupt = Interrupt(announce=run.dist.is_main)
     logger = Logger(out_dir=args.out, tensorboard=wants_tensorboard(args)) if run.dist.is_main else \
@@ -164,7 +164,7 @@ def evaluate_only(args):
     if run.val_blocks is None:
         raise UserError("--do_eval: no validation data (--validation-split 0 and no --validation-file)")
     shard = run.val_blocks[run.dist.rank::run.dist.world_size]  # each process its share, the sums added up
-    metrics = evaluate(run.model.to(run.device), shard, run.cfg.eval_batch_size, run.device, run.cfg.precision,
+    metrics = evaluate(run.model.to(run.device), shard, run.cfg.eval_batch_size, run.device, run.cfg.eval_precision,
                        reduce=run.dist.all_reduce_sum)
     if run.dist.is_main:
         print(metrics_block("eval", metrics))

@@ -68,9 +68,13 @@ argmax over the logits as its preprocess_logits_for_metrics does), summed on the
 device and read once at the end.
 
 MFU, on CUDA (model FLOPs utilisation: the FLOPs the model needs, over the peak the
-GPU could do in that time). FLOPs per token, as in PaLM (appendix B) and nanoGPT:
+GPU could do in that time; this is the one place the project explains it):
 
-    6 N + 12 L H Q T
+    MFU = train tokens/s x FLOPs per token / peak FLOP/s
+
+FLOPs per token of a training step, as in PaLM (appendix B) and nanoGPT:
+
+    6 N + 12 L H Q T        (H x Q = n_embd: 12 x n_layer x n_embd x T)
 
 6N: forward (2 per multiply-add) + backward (twice the forward) through the weight
 matrices; N = every parameter except the position embeddings (nanoGPT's convention).

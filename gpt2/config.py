@@ -15,6 +15,24 @@ upper bound that no real GPT-2-like model comes near, and the switches of Huggin
 Face's GPT-2 that this model does not implement. A mistake is one line naming the
 file and the key. The checks sit at the end of this file ("reading config.json"),
 after the numbers themselves.
+
+Where GPT-2 small's 124M parameters sit (C = n_embd = 768; tests/test_config.py
+counts them on a GPT2 instance):
+
+    wte         token embedding: 50,257 x 768                             38,597,376
+    wpe         position embedding: 1,024 x 768                              786,432
+    one block   ln_1 + attn + ln_2 + mlp                                   7,087,872
+      attn      c_attn 768 x 2,304, c_proj 768 x 768, biases: 4C^2 + 4C    2,362,368
+      mlp       c_fc 768 x 3,072, c_proj 3,072 x 768, biases: 8C^2 + 5C    4,722,432
+      ln_1/2    a gain and a bias of 768 each: 4C                              3,072
+    12 blocks   12 x 7,087,872                                            85,054,464
+    ln_f        the final LayerNorm                                            1,536
+    lm_head     tied: the same matrix as wte, counted once                         0
+    total                                                                124,439,808
+
+So the blocks hold 68 % (two thirds of each block in its MLP), the token embedding
+31 %. Per block, 12 C^2 (+ 13 C of biases and gains): the size of a GPT-2 grows with
+n_layer x n_embd^2.
 """
 
 import json

@@ -58,7 +58,10 @@ evaluate.py open it), with no extra cost at inference.
 
 Sharing only the adapter. `save_adapter` writes the two files of Hugging Face peft
 (adapter_model.safetensors + adapter_config.json), which
-`peft.PeftModel.from_pretrained(GPT2LMHeadModel..., directory)` loads. peft's names
+`peft.PeftModel.from_pretrained(GPT2LMHeadModel..., directory)` loads. A run writes them
+into OUT/adapter/ (adapter_dir), not beside the merged model.safetensors: transformers
+with peft installed would attach an adapter it finds in OUT to the merged weights, which
+hold it already (applied twice). peft's names
 are the module paths of transformers' GPT2LMHeadModel behind "base_model.model.",
 which are ours (see weights.py), e.g.
 
@@ -93,6 +96,13 @@ DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")  # all four ("c_proj" names two)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
+# A run's adapter: OUT/adapter/, beside the merged model in OUT (see the module docstring).
+ADAPTER_DIR = "adapter"
+
+
+def adapter_dir(model_dir: str) -> str:
+    """Where a run's model directory (OUT, best/) keeps the adapter alone."""
+    return os.path.join(model_dir, ADAPTER_DIR)
 
 
 def selected(targets) -> tuple:

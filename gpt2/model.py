@@ -27,14 +27,10 @@ never what it computes; skip them on a first reading:
 
 * `checkpointing`: keep only each block's input, and recompute the block's inside
   during backward (a second forward pass through every block, ~30% more time).
-* `attention_recompute`: the same for attention's T x T part only. With attention
-  dropout on the CPU, PyTorch has no fused kernel and keeps three (B, n_head, T, T)
-  fp32 tensors per block for backward (the softmax, the dropout noise, the dropped
-  probabilities: 300 MB per block for 2 x 1024 tokens, 3.6 GB for GPT-2's twelve).
-  attention.py keeps only the dropout mask, as bools, and rebuilds the softmax in
-  backward, one block at a time. On CUDA the fused kernels keep no T x T tensor in
-  the first place (there the option recomputes the fused kernel under checkpoint).
-  train.py turns it on for the CPU at long blocks: run.pick_attention_recompute.
+* `attention_recompute`: the same for attention's T x T part only. On the CPU with
+  attention dropout it keeps just the dropout mask and rebuilds the softmax in backward
+  (attention.py: why, and the memory it saves); on CUDA it recomputes the fused kernel
+  under checkpoint. train.py turns it on for the CPU at long blocks (run.pick_attention_recompute).
 * `loss_chunk`: the LM head and the loss a chunk of positions at a time (loss.py).
 
 Module and parameter names follow Hugging Face's `GPT2LMHeadModel` (transformer.wte,
@@ -80,8 +76,11 @@ class CausalSelfAttention(nn.Module):
             past = len(kv_cache)
             k, v = kv_cache.update(k, v)  # (B, nh, past + T, hd)
         # softmax(q k^T / sqrt(hd)) v, by PyTorch's fused kernel (flash / memory-efficient
-        # attention on CUDA: the T x T matrix is never stored). The causal mask lets
-        # query t see keys 0..t only. For T = 4 (x: may look, .: masked to -inf):
+        # attention on CUDA: the T x T matrix is never stored). Why / sqrt(hd) (the kernel's
+        # default scale): q.k sums hd products; with independent zero-mean, unit-variance
+        # entries its variance is hd (std 8 for hd = 64). Unscaled, the softmax saturates to
+        # one-hot and its gradient vanishes; / sqrt(hd) brings the scores back to variance 1.
+        # The causal mask lets query t see keys 0..t only. For T = 4 (x: may look, .: -inf):
         #
         #                keys:  a  b  c  d
         #      query a          x  .  .  .
@@ -125,8 +124,10 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.resid_pdrop)
 
     def forward(self, x):
-        # GPT-2 was trained with the tanh approximation of GELU ("gelu_new" in HF);
-        # the exact erf GELU would change every logit slightly.
+        # GELU in the tanh approximation GPT-2 was trained with ("gelu_new" in HF):
+        #     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        # The exact GELU, x Phi(x) (erf), differs by up to 4.7e-4 per activation (at |x| = 2.7):
+        # enough to move the released model's logits (tests/test_model.py::test_mlp_gelu_is_tanh).
         h = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4C)
         return self.dropout(self.c_proj(h))  # (B, T, C)
 
@@ -178,7 +179,7 @@ class GPT2(nn.Module):
         # The output layer scores each vocabulary entry by its dot product with the
         # final hidden state. GPT-2 reuses the input embedding matrix for it ("tied"
         # weights): a token's vector is both what the model reads for it and what it
-        # compares against to predict it, and the 124M model saves 38M parameters.
+        # compares against to predict it, and it saves 38M of 124M parameters (config.py: the table).
         # It is one nn.Parameter with two uses: its gradient is the sum of both
         # uses' gradients, and AdamW (which lists each parameter once) updates it once.
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False, device="meta")  # no memory: replaced

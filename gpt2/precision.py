@@ -3,22 +3,37 @@
 A GPU multiplies 16-bit floats several times faster than 32-bit ones, and 16-bit
 activations take half the memory. `torch.amp.autocast` runs the matmuls in 16 bits
 while keeping the weights, the optimizer state and precision-sensitive operations
-(LayerNorm, softmax, the loss) in fp32. Two 16-bit formats exist:
+(LayerNorm, softmax, the loss) in fp32. A float is a sign, an exponent (the range)
+and a mantissa (the precision); two 16-bit formats split the bits differently:
 
-* bf16 has fp32's exponent range with fewer mantissa bits: values never overflow or
-  underflow where fp32 would not, so it needs nothing else. Ampere GPUs and newer.
-* fp16 has more mantissa but a tiny range: gradients below ~6e-8 round to zero. The
-  `GradScaler` multiplies the loss by a large factor S before backward, so gradients
-  are S times larger and stay representable, then divides them by S before the
-  optimizer step. If any gradient overflowed to inf/NaN, the step is skipped and S is
-  halved; after 2000 good steps S is doubled again. That is how run_clm's `--fp16` works.
+    format  sign exponent mantissa  largest   smallest normal  decimal digits
+    fp32    1    8        23        3.4e38    1.2e-38          ~7.2
+    bf16    1    8        7         3.4e38    1.2e-38          ~2.4
+    fp16    1    5        10        65,504    6.1e-5           ~3.3
+
+(Decimal digits: log10 of 2^(mantissa + 1), the leading 1 being implicit; the
+numbers are torch.finfo's.) Below the smallest normal, fp16 still has subnormals,
+with fewer bits, down to 2^-24 = 6e-8; below about half of that, a value rounds to 0.
+
+* bf16 has fp32's exponent, so fp32's range: values never overflow or underflow where
+  fp32 would not, and it needs nothing else. Ampere GPUs and newer.
+* fp16 has more mantissa but a tiny range: small gradients round to zero, a large
+  value overflows to inf. The `GradScaler` multiplies the loss by a factor S before
+  backward, so gradients are S times larger and stay representable, then divides them
+  by S before the optimizer step. S starts at 2^16 = 65,536. If any gradient overflowed
+  to inf/NaN, the step is skipped and S is halved; after 2,000 steps in a row without
+  an overflow, S is doubled (PyTorch's defaults, which `make_scaler` keeps: init_scale
+  2**16, backoff_factor 0.5, growth_factor 2, growth_interval 2000). So S hovers near
+  the largest factor that does not overflow. That is how run_clm's `--fp16` works.
 
 On the CPU, bf16 pays only where the processor multiplies bf16 natively (the
 AVX512-BF16 or AMX instructions of recent Xeons): there a training step runs about
 twice as fast as in fp32. Elsewhere the bf16 numbers are converted back and forth
 around fp32 arithmetic, which is slower than plain fp32. So `--precision auto` picks
 bf16 on a CPU that has those instructions and fp32 on one that does not, and says
-why in the run's header. fp16 needs a GPU (and its GradScaler); asked for on a CPU,
+why in the run's header. That choice is for speed, so it applies to training only:
+under auto, evaluations run in fp32 (eval_precision), and the metrics do not depend on
+the instruction set. fp16 needs a GPU (and its GradScaler); asked for on a CPU,
 it falls back to what auto picks.
 
 TF32: on Ampere and newer GPUs, fp32 matmuls can run on the tensor cores with a
@@ -28,6 +43,7 @@ global switch, so run.py calls it once, in plain sight.
 """
 
 import contextlib
+import os
 import sys
 
 import torch
@@ -49,7 +65,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX), as PyTorch's own kernels check?"""
+    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX), as PyTorch's own kernels check?
+
+    The environment variable GPT2_CPU_BF16 overrides the detection: 1 says yes, 0 says
+    no (the tests use it to take both branches on any machine; see .ci/run).
+    """
+    forced = os.environ.get("GPT2_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if all(check is not None for check in checks):
         return any(check() for check in checks)
@@ -88,6 +111,22 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     if requested == "fp32":
         return "fp32", "--fp32"
     return auto
+
+
+def eval_precision(requested: str, precision: str) -> str:
+    """The precision evaluations run in, given --precision and what training resolved it to.
+
+    What auto picks is for speed and applies to training only: under auto, evaluations
+    run in fp32, so that the metrics do not depend on the machine's instruction set. A
+    precision the user named is used for evaluation too (as the HF Trainer does), where
+    this device honours it (--fp16 on a CPU falls back to auto: fp32 then).
+    """
+    return precision if requested == precision else "fp32"
+
+
+def eval_note(precision: str, evals: str) -> str:
+    """What the run's header (and --plan) adds to the precision line when evaluations differ."""
+    return f"; evaluations in {evals} (auto is for training only)" if evals != precision else ""
 
 
 def use_tf32(device: torch.device) -> None:

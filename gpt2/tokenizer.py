@@ -1,16 +1,28 @@
 """GPT-2's tokenizer: byte-level byte-pair encoding (BPE).
 
-GPT-2 never sees characters. Text is first turned into UTF-8 bytes, each byte is
-mapped to one of 256 printable stand-in characters (so that any string, emoji and
-invalid-looking bytes included, can be written with a fixed alphabet), and the BPE
-merges in `merges.txt` then glue frequent pairs together, most frequent first, until
-no rule applies. `vocab.json` gives each resulting piece its id. A regular expression
-splits the text into words, numbers, punctuation and runs of spaces first, so that a
-merge never crosses from one word into the next.
+GPT-2 never sees characters. Text is first turned into UTF-8 bytes, and each of the
+256 possible bytes is mapped to one printable stand-in character: the printable
+ASCII and Latin-1 bytes stand for themselves ("A" is "A"), the other 68 (controls,
+space, ...) are shifted past them to U+0100 and up. So the space byte 0x20 is written
+"Ġ" (U+0120) and the newline 0x0A "Ċ" (U+010A): " the" is the token "Ġthe". Why
+bytes and not characters: any string, in any script, emoji and invalid UTF-8
+included, is a sequence of bytes, so every text has an encoding and there is no
+"unknown" token.
+
+The BPE merges in `merges.txt` then glue frequent pairs together, in the file's order
+(the most frequent pair of the training text first), until no rule applies.
+`vocab.json` gives each resulting piece its id. A regular expression splits the text
+into words, numbers, punctuation and runs of spaces first, so that a merge never
+crosses from one word into the next.
+
+The 50,257 ids: 256 single bytes (ids 0-255) + 50,000 merges (merge i makes id 256 + i)
++ 1 special token, `<|endoftext|>` (id 50256), which marks the end of a document.
+(Checked on weights/gpt2/: vocab.json has 50,257 entries, the 256 byte characters
+have ids 0-255 and the last id is <|endoftext|>'s; `wc -l merges.txt` says 50,001:
+a "#version: 0.2" header line and 50,000 merges, the i-th joined giving id 256 + i.)
 
 The algorithm is implemented by Hugging Face's `tokenizers` library (Rust, fast);
-this module only wires GPT-2's two files into it. Id 50256, `<|endoftext|>`, is the
-single special token: it marks the end of a document.
+this module only wires GPT-2's two files into it.
 """
 
 import hashlib

@@ -30,13 +30,25 @@ in .grad are still multiplied by the scaler's factor S (65,536 or so) until
 `unscale_` divides them back: clipped before that, their norm would be S times too
 large and every step would be clipped to nothing. So: unscale, then clip.
 
-Why AdamW: Adam keeps, per parameter, running averages of the gradient (m) and of its
-square (v), and steps by m / sqrt(v), so every parameter moves at a similar pace
-whatever its gradient's scale. "W" is decoupled weight decay (Loshchilov & Hutter):
-each step also shrinks the weights directly, w -= lr x weight_decay x w, instead of
-adding weight_decay x w to the gradient. Mixed into the gradient, the decay would be
-divided by sqrt(v) like everything else, so weights with large gradients would hardly
-decay at all. Which parameters decay (`param_groups`): the matrices (and the
+Why AdamW: Adam keeps, per parameter, running averages of the gradient g and of its
+square, m = beta1 m + (1 - beta1) g and v = beta2 v + (1 - beta2) g^2. With the betas
+(0.9, 0.999), m averages over roughly the last 1 / (1 - beta1) = 10 steps and v over
+the last ~1,000. Both start at 0, so at first they are too small (after one step,
+m = 0.1 g). Dividing by 1 - beta^t at step t (from 1: 0.1 for m at t = 1, tending to
+1 later) undoes exactly that start, and the step is:
+
+    m_hat = m / (1 - beta1^t)        v_hat = v / (1 - beta2^t)
+    w -= lr x m_hat / (sqrt(v_hat) + eps)           eps = 1e-8
+
+m_hat / sqrt(v_hat) is about +-1 for a steady gradient whatever its scale, so every
+parameter moves at a similar pace (up to ~lr per step); eps keeps the division finite
+where v_hat is ~0. betas and eps are run_clm's defaults, fixed here: to change them,
+edit the torch.optim.AdamW call in `Trainer.__init__`.
+
+"W" is decoupled weight decay (Loshchilov & Hutter): each step also shrinks the
+weights directly, w -= lr x weight_decay x w, instead of adding weight_decay x w to
+the gradient. Mixed into the gradient, the decay would be divided by sqrt(v) like
+everything else, so weights with large gradients would hardly decay at all. Which parameters decay (`param_groups`): the matrices (and the
 embeddings) only. A LayerNorm gain's natural value is 1 and pulling it towards 0
 would shrink the signal it scales; a bias shifts rather than scales, and there are
 too few of them to overfit with. (As the Hugging Face Trainer: no decay on biases and
@@ -51,6 +63,17 @@ steps out of N, at step s the rate is lr x factor(s):
     constant_with_warmup   s/W, then 1 for ever
     constant               1 from the first step (this one ignores the warm-up, as the
                            Trainer's does)
+
+A worked example: lr 1e-4, N = 10 steps, W = 2 warm-up steps, linear, whose factor is
+(N - s) / (N - W) from step W on (tests/test_run_clm.py checks these numbers):
+
+    step s   0   1      2      3        4       5        6      7        8       9
+    factor   0   1/2    1      7/8      6/8     5/8      4/8    3/8      2/8     1/8
+    rate     0   5e-05  1e-04  8.75e-05 7.5e-05 6.25e-05 5e-05  3.75e-05 2.5e-05 1.25e-05
+
+With a warm-up, step 0 runs at rate 0: it changes no weight, only AdamW's averages (as
+the Trainer's schedule does). The last step runs at lr x 1/8, not 0: the rate 0 would
+be step N's, which never runs.
 
 Large steps early move the pretrained model towards the new text, small steps late
 let it settle; a decaying schedule ends on small steps, a constant one does not. The
@@ -69,6 +92,8 @@ reading, distributed.py explains them. With one process they change nothing.
 
 What happens between two steps (logging, the NaN check, evaluation, checkpoints,
 signals) is the loop, in loop.py; the resumable state is checkpoint.py.
+How fast: the metrics' train_tokens_per_second; what share of the GPU's peak that is
+(MFU, and the FLOPs per token it counts) is explained in benchmarks/bench.py's docstring.
 """
 
 import contextlib
@@ -111,7 +136,7 @@ class TrainConfig:
     best_metric: str = "eval_loss"  # or eval_accuracy (the higher the better)
     patience: int = 0
     precision: str = "fp32"       # what the training steps use
-    eval_precision: str = "fp32"  # what evaluations use (precision.py)
+    eval_precision: str | None = None  # what evaluations use; None: as training (run.py decides)
     compile: bool = False
     progress: bool = True
 
@@ -119,7 +144,7 @@ class TrainConfig:
 @dataclass
 class MicroBatch:
     indices: np.ndarray  # which blocks (rows of train_blocks)
-    weight: float        # its share of the step's predicted tokens: 2/7, 2/7, 2/7, 1/7 in the example
+    weight: float        # its share of the step's predicted tokens (the module docstring's 2/7 example)
 
 
 def param_groups(model, weight_decay):
@@ -133,7 +158,7 @@ def param_groups(model, weight_decay):
 
 
 def schedule(kind, optimizer, warmup_steps, total_steps):
-    """The learning-rate schedule: lr x factor(step) (see the module docstring)."""
+    """The learning-rate schedule: lr x factor(step) (see the module docstring; to add one: docs/extending.md)."""
 
     def factor(step):
         if kind == "constant":
@@ -283,5 +308,6 @@ class Trainer:
     def evaluate(self, val_blocks, stop=None):
         # Each process evaluates its own share of the blocks; the sums are added up.
         shard = val_blocks[self.dist.rank::self.dist.world_size]
-        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device, self.cfg.eval_precision,
+        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device,
+                        self.cfg.eval_precision or self.cfg.precision,
                         reduce=self.dist.all_reduce_sum, stop=stop)

@@ -160,14 +160,14 @@ class Switch(argparse.Action):
 
 
 class Refuse(argparse.Action):
-    """A run_clm option that has no meaning here: one line saying what to do instead."""
+    """A run_clm option train.py does not take (no meaning here, or a setting fixed here): one line, what to do instead."""
 
     def __init__(self, option_strings, dest, hint="", **kw):
         super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kw)
         self.hint = hint
 
     def __call__(self, parser, namespace, value, option_string=None):
-        parser.error(f"{option_string} has no meaning in train.py: {self.hint}")
+        parser.error(f"{option_string} is not a train.py option: {self.hint}")
 
 
 def probability(text: str) -> float:
@@ -230,7 +230,8 @@ SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
 BEST_METRICS = {"eval_loss": "eval_loss", "loss": "eval_loss", "perplexity": "eval_loss",
                 "eval_accuracy": "eval_accuracy", "accuracy": "eval_accuracy"}
-# run_clm options with no meaning here, and what to do instead.
+# run_clm options train.py does not take, and what to do instead. Most have no meaning
+# here; some set what is fixed here (--optim, AdamW's betas and eps: gpt2/trainer.py).
 REFUSED = {
     ("--dataset_name", "--dataset_config_name"): "download the text and pass --train-file (.txt, .json, .jsonl, .csv)",
     ("--streaming",): "the text is tokenized once and cached; pass --train-file",
@@ -243,8 +244,9 @@ REFUSED = {
     ("--token", "--use_auth_token"): "download a private model yourself and pass --model DIR",
     ("--dtype", "--torch_dtype"): "the weights train in fp32 under autocast: use --precision",
     ("--optim",): "the optimizer is torch's fused AdamW (gpt2/trainer.py)",
-    ("--adam_beta1", "--adam_beta2", "--adam_epsilon"): "AdamW keeps run_clm's defaults (0.9, 0.999, 1e-8); "
-                                                        "change them in gpt2/trainer.py",
+    ("--adam_beta1", "--adam_beta2", "--adam_epsilon"): "AdamW's betas and eps are fixed at run_clm's defaults "
+                                                        "(0.9, 0.999, 1e-8); to change them, edit the "
+                                                        "torch.optim.AdamW call in gpt2/trainer.py (Trainer.__init__)",
     ("--push_to_hub", "--hub_model_id", "--hub_token"): "--out is in the Hugging Face layout: upload it with "
                                                          "`hf upload NAME OUT/` (pip install huggingface_hub)",
     ("--do_predict",): "there is no test split: python evaluate.py OUT/ --validation-file test.txt",

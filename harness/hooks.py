@@ -8,7 +8,7 @@ acts through a `Hooks` object. `RunHooks` is the one train.py passes:
                    save (--save-every) also leaves OUT/checkpoint-<step>/, a model with
                    that state beside it, as run_clm does (checkpoints.py); the newest
                    --save-total-limit of them are kept
-    save_best      OUT/best/, a model directory (or the LoRA adapter)
+    save_best      OUT/best/, a model directory (with the LoRA adapter in best/adapter/)
     stop_requested a signal turned into a request (signals.py)
     after_step     the progress: a bar on a terminal, else a plain line every 30 s
                    (report.ProgressLines); and after the first steps, the time estimate
@@ -25,7 +25,7 @@ import time
 from tqdm import tqdm
 
 from gpt2 import checkpoint
-from gpt2.lora import load_adapter
+from gpt2.lora import adapter_dir, load_adapter
 from gpt2.loop import Hooks
 from gpt2.weights import load_into, read_safetensors
 
@@ -83,10 +83,10 @@ class RunHooks(Hooks):
         self.save_model(os.path.join(self.out, "best"))
 
     def load_best(self, trainer):
-        """The weights save_best wrote: under LoRA, the adapter alone."""
+        """The weights save_best wrote: under LoRA, the adapter alone (best/adapter/)."""
         directory = os.path.join(self.out, "best")
         if getattr(trainer.model, "lora_config", None) is not None:
-            load_adapter(trainer.model, directory)
+            load_adapter(trainer.model, adapter_dir(directory))
         else:
             path = os.path.join(directory, "model.safetensors")
             load_into(trainer.model, read_safetensors(path), path)

@@ -20,7 +20,7 @@ from gpt2.config import PRESETS, GPT2Config
 from gpt2.distributed import Dist
 from gpt2.errors import UserError
 from gpt2.files import write_json
-from gpt2.precision import pick_device, resolve_precision
+from gpt2.precision import eval_note, eval_precision, pick_device, resolve_precision
 
 from .batch import choose_batch
 from .hub import ALIASES, default_weights_dir, is_hub_id
@@ -209,7 +209,8 @@ def settings_for(args, cfg: GPT2Config, device) -> tuple:
                  lora_targets=args.lora_targets, lora_dropout=args.lora_dropout, grad_accum=accum)
     p = count_parameters(cfg, s.lora_rank, s.lora_targets)
     lora = f" (LoRA rank {s.lora_rank})" if s.lora_rank else ""
-    notes = [f"precision {precision}: {why}", f"loss: {chunk_why}", f"attention: {recompute_why}",
+    evals = eval_note(precision, eval_precision(args.precision, precision))
+    notes = [f"precision {precision}: {why}{evals}", f"loss: {chunk_why}", f"attention: {recompute_why}",
              f"parameters: {p.trainable:,} trainable of {p.total:,}{lora}"]
     return s, notes
 

@@ -6,7 +6,8 @@ model, the data, the TrainConfig, and every decision taken on the way, with the
 reason where there was a choice:
 
     dist, device   distributed.setup: a single process, or one of torchrun's
-    precision      precision.resolve: what --precision auto means on this machine
+    precision      precision.resolve: what --precision auto means on this machine; and
+                   precision.eval_precision: evaluations in fp32 under auto
     block size     --block-size, else the model's context (at most 1024)
     model          weights.load_checkpoint, the memory options given to its constructor
                    (some depend on the block size); with --lora, adapters added and
@@ -38,7 +39,7 @@ from .hub import ALIASES, resolve
 from .report import format_lr
 from gpt2.lora import add_lora, trainable_parameters
 from gpt2.model import GPT2
-from gpt2.precision import resolve_precision, use_tf32
+from gpt2.precision import eval_note, eval_precision, resolve_precision, use_tf32
 from gpt2.tokenizer import Tokenizer
 from gpt2.trainer import TrainConfig
 from gpt2.weights import load_checkpoint
@@ -96,13 +97,13 @@ def setup(args, lr) -> Run:
         add_lora(model, args.lora, args.lora_alpha, args.lora_dropout, args.lora_targets)
     micro, accum, batch_note = choose_micro_batch(args, model, train_blocks.shape[1], precision, dist, device)
     steps = planned_steps(len(train_blocks), micro, accum, dist.world_size, args.epochs, args.max_steps)
-    cfg = train_config(args, lr, precision, micro, accum, steps)
+    cfg = train_config(args, lr, precision, micro, accum, steps, eval_precision(args.precision, precision))
     if dist.is_main and cfg.eval_strategy != "no" and val_blocks is None:
         print("warning: evaluations during training asked for, but there is no validation data "
               "(--validation-split 0 and no --validation-file): none will run", file=sys.stderr)
     notes = [f"model: {args.model}" + (f" ({model_dir})" if model_dir != args.model else ""),
-             f"precision {precision}: {why}", f"loss: {chunk_why}", f"attention: {recompute_why}",
-             *training_notes(args, model, cfg, steps)]
+             f"precision {precision}: {why}{eval_note(precision, cfg.eval_precision)}",
+             f"loss: {chunk_why}", f"attention: {recompute_why}", *training_notes(args, model, cfg, steps)]
     notes += [batch_note] if batch_note else []
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
 
@@ -210,7 +211,7 @@ def choose_micro_batch(args, model, block_size, precision, dist, device):
     return micro, accum, note
 
 
-def train_config(args, lr, precision, batch_size, grad_accum, total_steps) -> TrainConfig:
+def train_config(args, lr, precision, batch_size, grad_accum, total_steps, eval_precision=None) -> TrainConfig:
     """The TrainConfig for these flags; run_clm's strategies resolved to step counts."""
     log_every = auto_log_every(args.log_every, total_steps)
     return TrainConfig(
@@ -222,7 +223,7 @@ def train_config(args, lr, precision, batch_size, grad_accum, total_steps) -> Tr
         eval_batch_size=args.eval_batch_size, save_strategy=save_strategy(args),
         save_every=args.save_every if args.save_every > 0 else 500, save_total_limit=args.save_total_limit,
         save_best=args.save_best, best_metric=args.best_metric, patience=args.patience,
-        precision=precision, compile=args.compile, progress=args.progress,
+        precision=precision, eval_precision=eval_precision, compile=args.compile, progress=args.progress,
     )
 
 

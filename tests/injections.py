@@ -6,6 +6,7 @@ so one script serves every test that needs a Ctrl-C, a SIGKILL or a probe at an 
 moment of a run (torchrun passes the environment on to its workers):
 
     KILL_AT=s           SIGKILL right after the resumable state of step s is written
+    KILL_IN_STEP=s      SIGKILL inside step s: its gradients are there, its update is not
     CTRL_C_AT=s         Ctrl-C (SIGINT) during optimizer step s
     CTRL_C_EVAL=n       Ctrl-C as the n-th evaluation starts (during training or the final one)
     CTRL_C_SAVE=k       k Ctrl-C while the final model.safetensors is written (complete, not renamed)
@@ -77,6 +78,11 @@ def install_run_faults():
     """The single-process faults: signals and kills at exact moments of a run."""
     after(RunHooks, "save_state", lambda hooks, t, history: env("KILL_AT") == t.step and kill())
     after(Trainer, "optimizer_step", lambda t, *a: t.step == env("CTRL_C_AT") - 1 and ctrl_c())
+
+    def die_before_the_update(t, *a):
+        if t.step + 1 == env("KILL_IN_STEP"):  # clipping comes after backward, before AdamW
+            torch.nn.utils.clip_grad_norm_ = lambda *args, **kwargs: kill()
+    before(Trainer, "optimizer_step", die_before_the_update)
 
     evaluations = [0]
 

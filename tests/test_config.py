@@ -244,3 +244,33 @@ def test_n_layer_100000_is_one_line_and_no_allocation(ckpt):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "config.json" in lines[0] and "n_layer" in lines[0], p.stderr
     assert int(p.stdout) < 1_500_000, "peak memory over 1.5 GB: something was allocated"
+
+
+def test_docstring_parameter_table():
+    """gpt2/config.py's table of where GPT-2 small's 124M parameters sit, counted on a GPT2 instance."""
+    import torch
+
+    import gpt2.config
+
+    table = {}
+    for line in gpt2.config.__doc__.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[-1].replace(",", "").isdigit() and line.startswith("    "):
+            table[words[0]] = int(words[-1].replace(",", ""))
+    with torch.device("meta"):  # shapes only, no memory
+        model = GPT2(PRESETS["gpt2"])
+    params = dict(model.named_parameters())  # the tied lm_head.weight is listed once, as wte's
+
+    def count(prefix):
+        return sum(p.numel() for name, p in params.items() if name.startswith(prefix))
+
+    block = "transformer.h.0."
+    assert table == {
+        "wte": count("transformer.wte."), "wpe": count("transformer.wpe."),
+        "one": count(block), "attn": count(block + "attn."), "mlp": count(block + "mlp."),
+        "ln_1/2": count(block + "ln_1.") + count(block + "ln_2."),
+        "12": count("transformer.h."), "ln_f": count("transformer.ln_f."),
+        "lm_head": 0, "total": sum(p.numel() for p in model.parameters()),
+    }
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert table["total"] == 124_439_808 == gpt2.config.parameter_count(vars(PRESETS["gpt2"]))

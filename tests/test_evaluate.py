@@ -192,6 +192,7 @@ def cli(argv, capsys):
     return code, out.out, out.err
 
 
+@pytest.mark.precision
 def test_cli_end_to_end(setup, tmp_path):
     out_json = tmp_path / "metrics.json"
     r = subprocess.run([sys.executable, "evaluate.py", setup.ckpt, "--validation-file", setup.text_file,
@@ -211,6 +212,7 @@ def test_cli_end_to_end(setup, tmp_path):
     assert runtime_line.split("=")[1].strip().startswith("0:00:")
 
 
+@pytest.mark.precision
 def test_cli_uses_the_runs_recorded_validation_split(setup, tmp_path, capsys):
     """No --validation-file: the last validation_split% of the blocks, as train.py held out."""
     run = tmp_path / "run"
@@ -409,6 +411,7 @@ def test_cli_table_from_saved_results(runs, tmp_path, capsys):
     single_line_error(code, err)
 
 
+@pytest.mark.precision
 def test_cli_fresh_evaluation_of_several_models(setup, runs, tmp_path, capsys):
     """With --validation-file, several models are measured on it; the table shows those numbers."""
     ckpt = setup.ckpt

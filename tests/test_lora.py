@@ -298,19 +298,46 @@ def test_train_py_with_lora_saves_a_merged_model_and_the_adapter(lora_run, capsy
     printed = capsys.readouterr().out
     assert "restored the best checkpoint" in printed  # from best/'s adapter
     assert "parameters: 4,096 trainable of " in printed  # 2 blocks x 4 (128 + 64 + 160 + 160): rank x (in + out)
-    for f in ("model.safetensors", "config.json", "vocab.json", "merges.txt", "adapter_model.safetensors",
-              "adapter_config.json", "eval_results.json"):
+    for f in ("model.safetensors", "config.json", "vocab.json", "merges.txt", "adapter/adapter_model.safetensors",
+              "adapter/adapter_config.json", "eval_results.json", "best/adapter/adapter_model.safetensors"):
         assert (out / f).is_file(), f
+    for f in ("adapter_model.safetensors", "adapter_config.json"):  # not beside the merged model (issue #19)
+        assert not (out / f).exists() and not (out / "best" / f).exists(), f
     # The merged checkpoint is a plain GPT-2 whose eval_loss is the adapted model's.
     merged = load_checkpoint(str(out)).eval()
-    adapter = read_adapter_config(str(out))
+    adapter = read_adapter_config(str(out / "adapter"))
     again = add_lora(load_checkpoint(common[1]), adapter.rank, adapter.alpha, 0.0, adapter.targets)
-    load_adapter(again, str(out))
+    load_adapter(again, str(out / "adapter"))
     blocks = np.random.default_rng(1).integers(0, 50257, size=(4, 32))
     want = json.loads((out / "eval_results.json").read_text())
     a = evaluate(merged, blocks, 4, torch.device("cpu"), "fp32")["eval_loss"]
     b = evaluate(again.eval(), blocks, 4, torch.device("cpu"), "fp32")["eval_loss"]
     assert abs(a - b) <= 1e-5 and want["eval_loss"] > 0
+
+
+def test_a_lora_run_opens_in_transformers_and_peft_as_the_model_it_trained(lora_run):
+    """Issue #19: OUT in transformers (peft installed) is the merged model, not the merged model plus
+    the adapter a second time; OUT/adapter in peft, on the base model, is the same model."""
+    pytest.importorskip("peft")
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+
+    import train
+
+    common, tmp_path = lora_run
+    out = tmp_path / "out"
+    assert train.main(common + ["--max-steps", "3", "--precision", "fp32", "--out", str(out)]) == 0
+    adapter = read_adapter_config(str(out / "adapter"))
+    trained = add_lora(load_checkpoint(common[1]), adapter.rank, adapter.alpha, 0.0, adapter.targets)
+    load_adapter(trained, str(out / "adapter"))
+    want = logits(trained.eval())
+    assert (logits(load_checkpoint(str(out)).eval()) - want).abs().max().item() <= 1e-4  # our merge
+    assert (want - logits(load_checkpoint(common[1]).eval())).abs().max().item() > 1e-3  # it learnt something
+    hf = GPT2LMHeadModel.from_pretrained(str(out)).eval()
+    assert not any("lora" in name for name, _ in hf.named_parameters())  # no adapter attached
+    assert (logits(hf) - want).abs().max().item() <= 1e-4
+    peft_model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(common[1]), str(out / "adapter")).eval()
+    assert (logits(peft_model) - want).abs().max().item() <= 1e-4
 
 
 def test_lora_resume_after_kill_is_bit_exact(lora_run):
@@ -323,7 +350,7 @@ def test_lora_resume_after_kill_is_bit_exact(lora_run):
     assert p.returncode != 0 and (tmp_path / "killed" / "resume.pt").is_file()
     p = run_python("train.py", *args, "--out", tmp_path / "killed", "--resume")
     assert p.returncode == 0, p.stderr
-    for f in ("model.safetensors", "adapter_model.safetensors"):
+    for f in ("model.safetensors", "adapter/adapter_model.safetensors"):
         a, b = load_file(str(tmp_path / "straight" / f)), load_file(str(tmp_path / "killed" / f))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
     # Resuming with another rank is another run: refused in one line.
@@ -345,4 +372,4 @@ def test_lora_with_the_range_test_and_a_sweep(lora_run, capsys):
     assert train.main(common[:common.index("--lr")] + common[common.index("--lr") + 2:] +
                       ["--lr", "1e-2,1e-3", "--max-steps", "2", "--out", str(tmp_path / "runs")]) == 0
     for d in ("lr-1e-2", "lr-1e-3"):
-        assert (tmp_path / "runs" / d / "adapter_model.safetensors").is_file()
+        assert (tmp_path / "runs" / d / "adapter" / "adapter_model.safetensors").is_file()

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import TINY, deny_open, hf_model, make_unreadable, save_hf
 from gpt2.errors import UserError
-from gpt2.model import GPT2
+from gpt2.model import GPT2, MLP
 from gpt2.config import GPT2Config
 from gpt2.weights import expected_shapes, load_checkpoint, load_into, read_safetensors, save_checkpoint, to_hf
 
@@ -39,6 +39,34 @@ def test_logits_and_loss_match_transformers(tmp_path, shape):
     assert (logits - want_logits).abs().max().item() <= 1e-5
     assert abs(loss.item() - want_loss.item()) <= 1e-5
 
+
+
+@pytest.mark.parametrize("shape", CONFIGS[:2], ids=["tiny", "odd"])
+def test_mlp_gelu_is_tanh(shape):
+    """The MLP's GELU is transformers' gelu_new (the tanh approximation), not the exact erf GELU.
+
+    The parity test above catches an erf GELU only at the 124M shape: in the tiny random
+    models the pre-activations stay near 0, where the two GELUs agree far below its 1e-5.
+    Here every weight is N(0, 1), so the pre-activations spread with a std of about 6
+    (the two GELUs differ by up to 4.7e-4 near |x| = 2.7), compared in float64.
+    Checked: with model.py's GELU swapped for F.gelu(x) (erf), both cases fail by ~7e-3.
+    """
+    from transformers.activations import NewGELUActivation
+
+    torch.manual_seed(0)
+    mlp = MLP(GPT2Config(**shape)).double().eval()
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(0, 1)
+    x = torch.randn(4, 8, shape["n_embd"], dtype=torch.float64)
+    with torch.no_grad():
+        pre = mlp.c_fc(x)
+        want = mlp.c_proj(NewGELUActivation()(pre))
+        erf = mlp.c_proj(torch.nn.functional.gelu(pre))
+        got = mlp(x)
+    assert ((pre.abs() > 1) & (pre.abs() < 4)).sum() > 100  # where tanh and erf GELU differ most
+    assert (erf - want).abs().max().item() > 1e-3  # the wrong GELU would be caught by far
+    assert (got - want).abs().max().item() <= 1e-10
 
 @pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bool])
 def test_original_openai_layout_with_mask_buffers(tmp_path, mask_dtype):

@@ -181,6 +181,26 @@ def test_precision_auto_on_the_cpu_is_bf16_only_where_it_is_native(monkeypatch, 
     assert precision.resolve_precision("fp32", cpu)[0] == "fp32"
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_evaluations_under_auto_run_in_fp32_a_named_precision_is_kept(monkeypatch, native):
+    """Issue #19: what auto picks is for training; the metrics do not depend on the instruction set."""
+    from gpt2 import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    for requested, expected in (("auto", "fp32"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp32")):
+        assert precision.eval_precision(requested, precision.resolve_precision(requested, cpu)[0]) == expected
+
+
+@pytest.mark.parametrize("forced", ["0", "1"])
+def test_gpt2_cpu_bf16_forces_the_detection(monkeypatch, forced):
+    from gpt2 import precision
+
+    monkeypatch.setenv("GPT2_CPU_BF16", forced)
+    assert precision.cpu_has_native_bf16() is (forced == "1")
+    assert precision.resolve_precision("auto", torch.device("cpu"))[0] == ("bf16" if forced == "1" else "fp32")
+
+
 def test_bf16_training_on_the_cpu_keeps_the_loss_in_fp32():
     """Under CPU autocast the matmuls run in bf16, the loss (log-softmax) in fp32."""
     from gpt2.precision import autocast

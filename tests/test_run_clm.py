@@ -228,6 +228,29 @@ def test_schedule_matches_get_scheduler_step_by_step(kind, warmup, files):
     assert rates == pytest.approx(reference_lrs(kind, 3e-4, expected_warmup, total), rel=1e-12, abs=0)
 
 
+def test_docstring_schedule_example():
+    """gpt2/trainer.py's worked example (lr 1e-4, 10 steps, 2 warm-up, linear) is what schedule() gives."""
+    from fractions import Fraction
+
+    from gpt2 import trainer as trainer_module
+
+    rows = {}
+    for line in trainer_module.__doc__.splitlines():
+        words = line.split()
+        if words[:1] in (["factor"], ["rate"]) and len(words) == 11:
+            rows[words[0]] = words[1:]
+    assert set(rows) == {"factor", "rate"}, "the example's table is gone from trainer.py's docstring"
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    ours = schedule("linear", opt, 2, 10)
+    rates = []
+    for _ in range(10):
+        rates.append(ours.get_last_lr()[0])
+        opt.step()
+        ours.step()
+    assert rates == pytest.approx([float(r) for r in rows["rate"]], rel=1e-12, abs=0)
+    assert [r / 1e-4 for r in rates] == pytest.approx([float(Fraction(f)) for f in rows["factor"]], rel=1e-12, abs=0)
+    assert rates == pytest.approx(reference_lrs("linear", 1e-4, 2, 10), rel=1e-12, abs=0)
+
 @pytest.mark.parametrize("kind,flag,value", [("linear", "--warmup_ratio", 0.3), ("cosine", "--warmup_ratio", 0.25),
                                              ("constant_with_warmup", "--warmup_steps", 3),
                                              ("constant", "--warmup_steps", 3)])
@@ -274,6 +297,7 @@ def test_max_samples_above_the_data_keep_it_all(files, tmp_path):
 
 # --- 3. --do_train / --do_eval ----------------------------------------------------------------
 
+@pytest.mark.precision
 def test_do_eval_alone_evaluates_only_as_evaluate_py(files, tmp_path, capsys):
     out = tmp_path / "eval_only"
     weights = Path(files["ckpt"], "model.safetensors").read_bytes()
@@ -295,6 +319,30 @@ def test_do_eval_alone_evaluates_only_as_evaluate_py(files, tmp_path, capsys):
         assert results["eval_accuracy"] == ref["eval_accuracy"]
         assert results["eval_samples"] == ref["eval_samples"]
         assert results["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-6)
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["bf16-cpu", "fp32-cpu"])
+def test_auto_trains_as_the_cpu_allows_and_evaluates_in_fp32(native, files, tmp_path, capsys, monkeypatch):
+    """Issue #19: --precision auto's bf16 is for training; the evaluations during training and at
+    its end give what evaluate.py measures on the saved model, on any CPU. --bf16 evaluates in bf16."""
+    monkeypatch.setenv("GPT2_CPU_BF16", native)
+    out = run(files, tmp_path / "o", "--precision", "auto", "--max_steps", 2, "--eval_steps", 2,
+              "--eval_strategy", "steps")
+    header = capsys.readouterr().out
+    assert f"precision {'bf16' if native == '1' else 'fp32'}: auto" in header
+    assert ("evaluations in fp32" in header) == (native == "1")
+    reference = tmp_path / "evaluate.json"
+    assert evaluate_cli.main([str(out), "--validation-file", files["val"], "--block-size", "32",
+                              "--cache-dir", files["cache"], "--json", str(reference)]) == 0
+    ref = read_json(reference)
+    during = [e for e in read_json(out / "log_history.json") if "eval_loss" in e]
+    for results in (read_json(out / "eval_results.json"), during[-1]):
+        assert results["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6)
+        assert results["eval_accuracy"] == ref["eval_accuracy"]
+    named = tmp_path / "named.json"  # a precision the user names is used for the evaluation too
+    assert evaluate_cli.main([str(out), "--validation-file", files["val"], "--block-size", "32", "--bf16",
+                              "--cache-dir", files["cache"], "--json", str(named)]) == 0
+    assert "cpu bf16" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--do_train"], ["--do_train", "--do_eval"], []], ids=["train", "both", "neither"])
@@ -568,7 +616,7 @@ def test_refused_option_in_one_line(option, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
-    assert option in lines[0] and "no meaning in train.py" in lines[0]
+    assert option in lines[0] and "is not a train.py option" in lines[0]
     assert hint in lines[0], lines[0]
     assert captured.out == ""
 

@@ -106,7 +106,7 @@ def test_accumulation_equals_big_batch(tiny_ckpt):
 
 
 def test_short_last_micro_batch_is_weighted_by_tokens(tiny_ckpt):
-    """7 blocks, micro-batch 2 x accumulation 4 = one step of 2+2+2+1 blocks: the mean over 7 blocks."""
+    """gpt2/trainer.py's worked accumulation example (7 blocks, micro-batch 2 x accumulation 4): the mean over 7 blocks."""
     blocks = random_blocks(7)
     grads = {}
 
@@ -204,6 +204,42 @@ def test_resume_after_kill_is_bit_exact(tiny_ckpt, text_file, tmp_path):
     la = json.load(open(tmp_path / "straight" / "log_history.json"))
     lb = json.load(open(tmp_path / "killed" / "log_history.json"))
     assert la == lb
+
+
+# SIGKILL in the middle of optimizer step KILL_IN_STEP (after forward and backward, before AdamW),
+# or right after resume.pt of step KILL_AFTER_SAVE_AT is written: what a kill at a random moment meets.
+def test_resume_with_bf16_after_kills_at_random_moments_is_bit_exact(tiny_ckpt, text_file, tmp_path):
+    """Issue #19: with the defaults on a CPU with native bf16 (forced: GPT2_CPU_BF16=1), a run killed
+    five times at random moments after its first resume.pt, and resumed each time, ends with the
+    weights and the log (every step's loss and grad_norm) of the uninterrupted run, bit for bit."""
+    import random
+
+    total, every = 24, 2
+    common = ["--model", tiny_ckpt, "--train-file", text_file, "--block-size", 32, "--max-steps", total,
+              "--lr", "1e-3", "--dropout", 0.1, "--save-every", every, "--log-every", 1, "--no-progress",
+              "--cache-dir", tmp_path / "cache"]
+    env = {"GPT2_CPU_BF16": "1", "OMP_NUM_THREADS": "2"}  # auto: bf16, with two threads as on a small machine
+    p = run_train(*common, "--out", tmp_path / "straight", env=env)
+    assert "precision bf16: auto" in p.stdout
+    rng, done = random.Random(19), 0
+    args = [*common, "--out", tmp_path / "killed"]
+    kills = []
+    for i in range(5):  # each kill somewhere after the state this run (re)started from
+        moment = rng.choice(["KILL_IN_STEP", "KILL_AT"])  # tests/injections.py
+        start = max(done, every)  # within the 4 steps after the state it starts from (the first: step 2)
+        step = rng.choice([s for s in range(start + 1, start + 5) if moment == "KILL_IN_STEP" or s % every == 0])
+        kills.append((moment, step))
+        p = run_python(INJECTED_TRAIN, *args, *(["--resume"] if i else []), env={**env, moment: str(step)})
+        assert p.returncode == -signal.SIGKILL, p.stderr
+        done = torch.load(tmp_path / "killed" / "resume.pt", weights_only=True)["step"]
+    p = run_train(*args, "--resume", env=env)
+    assert f"resuming at step {done}" in p.stdout, kills
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), kills
+    la = json.load(open(tmp_path / "straight" / "log_history.json"))
+    lb = json.load(open(tmp_path / "killed" / "log_history.json"))
+    assert la == lb, kills
 
 
 def test_resume_refuses_a_different_command(tiny_ckpt, text_file, tmp_path):
