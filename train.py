@@ -44,7 +44,8 @@ def main(argv=None):
 
 
 def train(args, lr):
-    """One fine-tuning run: set up, train, save. Returns 0, or 130 after Ctrl-C."""
+    """One fine-tuning run: set up, train, save. Returns 0, or 128 + the signal's number
+    after Ctrl-C (130), SIGTERM (143), SIGHUP or SIGUSR1 (harness/signals.py)."""
     state = resume_state(args)  # the resumable state to continue from, if any
     outdir.check(args.out, args.overwrite, state)  # before any work: never lose a checkpoint
     run = setup(args, lr)  # model, tokenizer, blocks, TrainConfig, device, processes
@@ -64,7 +65,7 @@ def train(args, lr):
                       save_model=save_model, interrupt=interrupt, logger=logger, data_fingerprint=run.data_info)
     out.claim(args.overwrite, state, need_bytes=checkpoint.bytes_needed(trainer))
     try:
-        with interrupt:  # from here on, Ctrl-C keeps what was earned (control.py)
+        with interrupt:  # from here on, Ctrl-C or SIGTERM keeps what was earned (control.py)
             for note in run.notes:
                 trainer.print(note)
             if state:
@@ -73,13 +74,13 @@ def train(args, lr):
             out.start()
             train_metrics = trainer.train()
             if trainer.stop_reason == "interrupted":
-                out.set_status("interrupted", step=trainer.step)
-                return 130
+                out.set_status("interrupted", step=trainer.step, signal=interrupt.name)
+                return interrupt.exit_code
             with interrupt.deferred():  # the trained model is written whole, even if Ctrl-C comes twice
                 save_run(out, save_model, describe(args, run, trainer.total_steps), train_metrics, trainer)
             return evaluate_and_finish(out, trainer, train_metrics, interrupt)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-        out.record_failure("interrupted", "Ctrl-C twice")
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): stop at once
+        out.record_failure("interrupted", f"{interrupt.name} twice")
         raise
     except Exception as e:  # a NaN, a full disk, ...: status.json says why
         out.record_failure("failed", str(e))
@@ -113,10 +114,15 @@ def save_run(out, save_model, run_args, train_metrics, trainer):
 
 
 def evaluate_and_finish(out, trainer, train_metrics, interrupt):
-    """The final evaluation (skipped after Ctrl-C: the model is saved already), then the results."""
-    eval_metrics = None
+    """The final evaluation, then the results. The model is saved already: a stop signal skips
+    the evaluation, and an evaluation that fails (out of memory at --eval-batch-size) costs
+    only its own metrics; either way the run is "done", with a note that says why."""
+    eval_metrics, failed = None, None
     if trainer.val_blocks is not None and not interrupt.requested:
-        eval_metrics = trainer.evaluate(stop=lambda: interrupt.requested)
+        try:
+            eval_metrics = trainer.evaluate(stop=lambda: interrupt.requested)
+        except (RuntimeError, MemoryError, OSError) as e:  # torch's out of memory is a RuntimeError
+            failed = (str(e).splitlines() or [type(e).__name__])[0][:300]
     skipped = interrupt.requested
     if eval_metrics and not skipped:
         eval_metrics = {"epoch": train_metrics["epoch"], **eval_metrics}
@@ -124,12 +130,17 @@ def evaluate_and_finish(out, trainer, train_metrics, interrupt):
             print(metrics_block("eval", eval_metrics))
         out.write_json("eval_results.json", eval_metrics)
     out.write_json("all_results.json", {**train_metrics, **(eval_metrics or {})})
-    if skipped:
-        out.set_status("done", note="no final evaluation: Ctrl-C")
+    why = f"{interrupt.name}" if skipped else f"it failed: {failed}" if failed else None
+    if why:
+        out.set_status("done", note=f"no final evaluation: {why}")
     else:
         out.remove(outdir.STATUS)  # a finished run needs no explanation: its results say it all
-    trainer.print(f"saved to {out.path}/" + (" (Ctrl-C: the final evaluation was skipped)" if skipped else ""))
-    return 130 if skipped else 0
+    trainer.print(f"saved to {out.path}/" + (f" (no final evaluation: {why}; evaluate.py can run it)" if why else ""))
+    if failed:
+        print(f"error: the final evaluation failed ({failed}); the trained model is saved in {out.path}/",
+              file=sys.stderr)
+        return 1
+    return interrupt.exit_code if skipped else 0
 
 
 def evaluate_only(args):

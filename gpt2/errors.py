@@ -9,8 +9,8 @@ the command-line entry points catch it, print that one line and exit with status
 Two more kinds of ending are the machine's, not the program's, and get one line too:
 an OSError the library did not expect (a disk that fills up or turns read-only in the
 middle of a save: the line names the file and the system's reason, exit 1), and a
-second Ctrl-C, which stops at once (exit 130, the shell's code for SIGINT; the first
-Ctrl-C is handled by the run itself, see control.py). Anything else is a real bug
+second Ctrl-C (or SIGTERM...), which stops at once (exit 130, the shell's code for
+SIGINT; the first is handled by the run itself, see harness/signals.py). Anything else is a real bug
 and keeps its traceback.
 """
 
@@ -37,6 +37,6 @@ def run_cli(main, argv=None) -> int:
         print(f"error: {where}{e.strerror or e} (nothing half-written was left under a final name)",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C twice): stopped at once", file=sys.stderr)
+    except KeyboardInterrupt as e:  # harness/signals.py says which signal, and if it came twice
+        print(f"\ninterrupted ({e or 'Ctrl-C'}): stopped at once", file=sys.stderr)
         return 130

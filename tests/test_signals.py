@@ -1,0 +1,147 @@
+"""Stop signals other than Ctrl-C: SIGTERM, SIGHUP and SIGUSR1 keep what was earned.
+
+`timeout`, `kill`, `docker stop`, Kubernetes and SLURM end a job with SIGTERM, a closed
+SSH session with SIGHUP, and SLURM warns with SIGUSR1 before its time limit. Each must
+mean what the first Ctrl-C means (harness/signals.py): the step finishes, resume.pt is
+saved, one line says so, and the exit status is 128 + the signal's number; --resume then
+finishes the run exactly as an uninterrupted one. During the final evaluation the model
+is saved already: the run is "done" without it, and evaluate.py accepts the directory.
+
+The signal is sent from outside, by this test, to a real train.py process: a patch makes
+step 2 leave a marker file and wait, so that the signal lands in the middle of a step.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, patched_train
+from test_faults import (base_args, cache, evaluate, ok, procs, run_status, state_step, temporaries,  # noqa: F401
+                         text, tiny, train)
+
+# STEP_MARKER=path: during step 2, create that file and sleep 1 s (the signal arrives then).
+# SIGNAL_AT_EVAL=n: this process sends itself signal SIG at the n-th evaluation.
+# EVAL_FAILS=1: every evaluation runs out of memory (as at --eval-batch-size 8 after training at 2).
+PATCH = """
+import time
+from gpt2 import evaluation
+from gpt2.trainer import Trainer
+_step = Trainer.optimizer_step
+def optimizer_step(self, *a, **k):
+    out = _step(self, *a, **k)
+    if self.step == 1 and os.environ.get("STEP_MARKER"):
+        open(os.environ["STEP_MARKER"], "w").close()
+        time.sleep(1.0)
+    return out
+Trainer.optimizer_step = optimizer_step
+_sums, _n = evaluation.eval_sums, [0]
+def eval_sums(*a, **k):
+    _n[0] += 1
+    if _n[0] == int(os.environ.get("SIGNAL_AT_EVAL", -1)):
+        os.kill(os.getpid(), int(os.environ["SIG"]))
+        time.sleep(0.05)
+    if os.environ.get("EVAL_FAILS"):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes")
+    return _sums(*a, **k)
+evaluation.eval_sums = eval_sums
+"""
+
+
+@pytest.fixture
+def script(tmp_path):
+    return patched_train(tmp_path, PATCH, "signals_train.py")
+
+
+def signal_exit(p, sig, name):
+    """Exit 128 + sig, the announcement naming the signal, no traceback."""
+    assert p.returncode == 128 + sig, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [line for line in p.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(name), p.stderr
+
+
+def wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the run never reached step 2"
+        time.sleep(0.05)
+
+
+def test_sigterm_from_outside_keeps_a_resumable_state_and_resume_is_exact(procs, script, tiny, text, cache,
+                                                                           tmp_path):
+    """SIGTERM (as `timeout` or `docker stop` sends it) to a real train.py during step 2: exit 143,
+    resume.pt of step 2, status "interrupted"; --resume ends with the weights of a straight run."""
+    out, marker = tmp_path / "out", tmp_path / "at-step-2"
+    args = base_args(tiny, text, cache, out, 5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STEP_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    p = type("P", (), {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr})
+    signal_exit(p, signal.SIGTERM, "SIGTERM")
+    assert "--resume" in stdout
+    assert state_step(out / "resume.pt") == 2
+    assert run_status(out)["status"] == "interrupted"
+    assert not (out / "model.safetensors").exists() and temporaries(out) == []
+    # One thread each, as the interrupted run: the same arithmetic, so the same bits.
+    p = ok(procs.run(ROOT / "train.py", *args, "--resume"))
+    assert "resuming at step 2 of 5" in p.stdout
+    ok(procs.run(ROOT / "train.py", *base_args(tiny, text, cache, tmp_path / "straight", 5)))
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / "resume.pt").exists() and not (out / "status.json").exists()
+
+
+@pytest.mark.parametrize("sig,name", [(signal.SIGHUP, "SIGHUP"), (signal.SIGUSR1, "SIGUSR1")])
+def test_sighup_and_sigusr1_mean_the_same(procs, script, tiny, text, cache, tmp_path, sig, name):
+    """A closed SSH session (SIGHUP), SLURM's warning (SIGUSR1): resume.pt, exit 128 + the signal."""
+    out, marker = tmp_path / "out", tmp_path / "at-step-2"
+    job = procs.start(script, *base_args(tiny, text, cache, out, 5), env={"STEP_MARKER": str(marker)})
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert time.time() < deadline, job.stderr.read_text()
+        time.sleep(0.05)
+    os.kill(job.pid, sig)
+    p = procs.wait(job)
+    signal_exit(p, sig, name)
+    assert state_step(out / "resume.pt") == 2
+    status = run_status(out)
+    assert status["status"] == "interrupted" and status["signal"] == name
+
+
+def test_sigterm_during_the_final_evaluation_keeps_a_usable_model(capsys, procs, script, tiny, text, cache,
+                                                                  tmp_path):
+    """SIGTERM as the final evaluation starts: the model is saved, status "done" with a note,
+    resume.pt gone, exit 143; evaluate.py measures the directory."""
+    out = tmp_path / "out"
+    p = procs.run(script, *base_args(tiny, text, cache, out, 3),
+                  env={"SIGNAL_AT_EVAL": "1", "SIG": str(int(signal.SIGTERM))})
+    signal_exit(p, signal.SIGTERM, "SIGTERM")
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "done" and "SIGTERM" in status["note"], status
+    assert not (out / "resume.pt").exists() and (out / "model.safetensors").is_file()
+    ok(evaluate(capsys, out, "--cache-dir", cache))
+
+
+def test_final_evaluation_out_of_memory_keeps_a_usable_model(capsys, procs, script, tiny, text, cache, tmp_path):
+    """Out of memory in the final evaluation (batch 8, training's 2): one line, exit 1, the run is
+    "done" without eval results (not "failed"), and evaluate.py accepts it."""
+    out = tmp_path / "out"
+    p = procs.run(script, *base_args(tiny, text, cache, out, 3), env={"EVAL_FAILS": "1"})
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "final evaluation failed" in lines[0] and str(out) in lines[0], p.stderr
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "done" and "allocate memory" in status["note"], status
+    assert (out / "all_results.json").is_file() and not (out / "eval_results.json").exists()
+    ok(evaluate(capsys, out, "--cache-dir", cache))
