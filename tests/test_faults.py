@@ -770,9 +770,10 @@ def test_overwrite_removes_the_old_results_before_the_new_run(capsys, tiny, text
            "resume.pt": "old state", "resume-4.pt": "older state"}
     for name, content in old.items():
         (out / name).write_text(content)
-    for d in ("best", "runs/old-session"):
-        (out / d).mkdir(parents=True)
-        (out / d / "model.safetensors").write_text("old")
+    (out / "best").mkdir()
+    (out / "best" / "model.safetensors").write_text("old")
+    (out / "runs" / "old-session").mkdir(parents=True)  # TensorBoard's: event files only
+    (out / "runs" / "old-session" / "events.out.tfevents.1.host").write_text("old")
     (out / "notes.txt").write_text("mine")
     seen = {}
     original = Trainer.optimizer_step
