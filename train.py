@@ -54,7 +54,7 @@ def train(args, lr):
 
     def save_model(directory):  # a complete model directory: weights, config, tokenizer (and adapter)
         save_checkpoint(merged_model(run.model) if args.lora else run.model, directory)
-        out.copy_files(run.tokenizer.files, directory)
+        out.copy_tokenizer(run.tokenizer.files, directory)  # the model's own tokenizer, carried on
         if args.lora:
             save_adapter(run.model, directory, base_model=args.model)
 

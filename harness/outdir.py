@@ -63,6 +63,7 @@ RESULT_DIRS = ("best", "runs")
 MODEL_FILES = ("model.safetensors", "config.json", "vocab.json", "merges.txt", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "adapter_model.safetensors",
                "adapter_config.json")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TENSORBOARD_FILE = re.compile(r"events\.out\.tfevents\..*")
 
 
@@ -217,6 +218,17 @@ class RunDir:
     def remove(self, name):
         if self.is_main and os.path.exists(self.file(name)):
             os.remove(self.file(name))
+
+    def copy_tokenizer(self, paths, directory=None):
+        """The tokenizer's files into OUT (or best/), and no other tokenizer's: a vocab.json left by
+        an earlier run beside a new tokenizer.json would describe another vocabulary."""
+        self.copy_files(paths, directory)
+        if self.is_main:
+            ours = {os.path.basename(p) for p in paths}
+            for name in TOKENIZER_FILES:
+                other = os.path.join(directory or self.path, name)
+                if name not in ours and os.path.lexists(other) and not os.path.isdir(other):
+                    os.remove(other)
 
     def copy_files(self, paths, directory=None):
         """Copy files (a tokenizer's) into OUT or a subdirectory of it, each atomically."""

@@ -11,7 +11,8 @@ reason where there was a choice:
     model          weights.load_checkpoint, the memory options given to its constructor
                    (some depend on the block size); with --lora, adapters added and
                    everything else frozen (lora.py)
-    tokenizer      the checkpoint's own files, else GPT-2's (tokenizer.py)
+    tokenizer      the checkpoint's own tokenizer.json or vocab.json + merges.txt, else
+                   GPT-2's (tokenizer.py); the run directory carries the same files on
     blocks         data.build_datasets: the text cut into blocks of block_size tokens
     micro-batch    batch.choose_batch: --batch-size auto and --effective-batch
     cfg            the TrainConfig: every number the loop needs
@@ -102,6 +103,7 @@ def setup(args, lr) -> Run:
     notes = [f"precision {precision}: {why}", f"loss: {chunk_why}", f"attention: {recompute_why}",
              f"parameters: {trainable:,} trainable of {total:,}" + (f" (LoRA rank {args.lora})" if args.lora else "")]
     notes += [batch_note] if batch_note else []
+    notes += [tokenizer.describe()]
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
 
 
