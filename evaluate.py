@@ -191,15 +191,16 @@ def _recorded(directory, path, what):
 def measure(args, name, model, directory, tokenizer, device, precision):
     """(eval metrics, block size) of one model."""
     run_args = run_args_of(directory)
+    # A fine-tuned run's block in run_clm also shows the epochs it was trained for (read first:
+    # a file that cannot be read is said before the evaluation, not after it).
+    results = {}
+    for f in ("all_results.json", "train_results.json"):
+        results.update(read_json(os.path.join(directory, f), {}, kind=dict))
     block_size = pick_block_size(args.block_size or run_args.get("block_size"), model.config.n_positions)
     blocks, source = validation_blocks(args, name, directory, run_args, block_size, tokenizer)
     print(f"evaluating {name} on {source}: {len(blocks):,} blocks of {block_size} tokens, "
           f"batch {args.batch_size}, {device.type} {precision}", file=sys.stderr)
     metrics = evaluate(model, blocks, args.batch_size, device, precision, progress=sys.stderr.isatty())
-    # A fine-tuned run's block in run_clm also shows the epochs it was trained for.
-    results = {}
-    for f in ("all_results.json", "train_results.json"):
-        results.update(read_json(os.path.join(directory, f), {}, kind=dict))
     if isinstance(results.get("epoch"), (int, float)):
         metrics = {"epoch": results["epoch"], **metrics}
     return metrics, block_size

@@ -112,6 +112,8 @@ class Tokenizer:
             tok = cls.from_json(path(TOKENIZER_JSON))
             if all(f in there for f in FILES):
                 _check_agree(path(TOKENIZER_JSON), path(FILES[0]), path(FILES[1]))
+        elif len(there) == len(FILES):
+            tok = cls.from_dir(directory)
         elif there:
             missing = [f for f in FILES if f not in there]
             raise UserError(f"{directory}: {there[0]} without {missing[0]}: half of a tokenizer; add "
