@@ -32,7 +32,7 @@ from gpt2.precision import autocast, pick_device, resolve_precision
 from harness.report import metrics_block
 from harness.run import pick_block_size
 from gpt2.tokenizer import Tokenizer
-from gpt2.weights import load_checkpoint
+from gpt2.weights import load_checkpoint, weight_files
 
 
 def main(argv=None):
@@ -105,7 +105,9 @@ def check_model_arg(name: str) -> None:
         state = status.get("status")
         reason = f": {status['reason']}" if status.get("reason") else ""
         why = f" (status.json: {state}{reason})" if state else ""
-        if not os.path.isfile(os.path.join(os.path.expanduser(name), "model.safetensors")):
+        directory = os.path.expanduser(name)
+        weights, _ = weight_files(directory)  # model.safetensors, or the shards of its index
+        if not os.path.isfile(weights):
             raise UserError(f"{name}: no model.safetensors in this directory, so no model to load{why}")
         if state in ("running", "saving", "stopped", "failed"):
             # Its files may not belong together: new weights beside an old run's, or the reverse.

@@ -275,3 +275,66 @@ def test_status_json_of_a_run_is_read_with_the_same_bounds(finished, tmp_path):
     from gpt2.errors import UserError
     with pytest.raises(UserError, match="characters"):
         run_status(out)
+
+
+# === weights in other layouts ===========================================================
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """The tiny model saved by transformers in 3 shards with model.safetensors.index.json."""
+    model = hf_model(**TINY)
+    directory = tmp_path_factory.mktemp("sharded") / "m"
+    model.save_pretrained(directory, max_shard_size="100KB")
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(TOKENIZER_DIR / f, directory / f)
+    assert not (directory / "model.safetensors").exists()
+    return model, directory
+
+
+def test_sharded_safetensors_load_tensor_by_tensor(sharded):
+    import torch
+    from gpt2.weights import load_checkpoint
+
+    hf, directory = sharded
+    assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1
+    x = torch.randint(0, TINY["vocab_size"], (1, 12))
+    assert torch.allclose(load_checkpoint(str(directory))(x)[0], hf(x).logits, atol=1e-5)
+
+
+def test_sharded_model_trains_and_evaluates(capsys, sharded, text, cache, tmp_path):
+    _, directory = sharded
+    ok(evaluate(capsys, directory, "--validation-file", text, "--block-size", 32, "--cache-dir", cache))
+    ok(train(capsys, *base_args(directory, text, cache, tmp_path / "out", 1)))
+
+
+@pytest.mark.parametrize("case", ["shard-outside", "missing-shard", "wrong-shard", "no-weight-map"])
+def test_bad_shard_index_is_one_line(capsys, sharded, text, cache, tmp_path, case):
+    _, src = sharded
+    directory = copy_of(src, tmp_path)
+    index = directory / "model.safetensors.index.json"
+    d = json.loads(index.read_text())
+    first = next(iter(d["weight_map"]))
+    if case == "shard-outside":
+        d["weight_map"][first] = "../../etc/passwd.safetensors"
+    elif case == "missing-shard":
+        os.remove(directory / d["weight_map"][first])
+    elif case == "wrong-shard":
+        shards = sorted(set(d["weight_map"].values()))
+        d["weight_map"][first] = next(s for s in shards if s != d["weight_map"][first])
+    else:
+        del d["weight_map"]
+    index.write_text(json.dumps(d))
+    one_line_error(train(capsys, *base_args(directory, text, cache, tmp_path / "out", 1)), 2)
+
+
+def test_pytorch_model_bin_is_never_unpickled(capsys, text, cache, tmp_path, monkeypatch):
+    """A directory with pytorch_model.bin only: one line on converting it; torch.load is never called."""
+    import torch
+
+    directory = save_hf(hf_model(**TINY), tmp_path / "m")
+    os.remove(directory + "/model.safetensors")
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"a pickle that must not be opened")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    for p in (train(capsys, *base_args(directory, text, cache, tmp_path / "out", 1)),
+              evaluate(capsys, directory, "--validation-file", text, "--cache-dir", cache)):
+        one_line_error(p, 2, "pytorch_model.bin", "save_pretrained")
