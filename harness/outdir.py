@@ -43,6 +43,7 @@ Three rules keep such a directory trustworthy:
 import fcntl
 import os
 import re
+import resource
 import shutil
 import socket
 import stat
@@ -175,12 +176,16 @@ class RunDir:
                         os.remove(os.path.join(directory, name))
         if keep_results:
             return
-        for name in os.listdir(self.path):
-            if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt", name):
-                os.remove(self.file(name))
-        kept = _remove_ours(self.file("best"), lambda rel: rel in MODEL_FILES)
-        kept += _remove_ours(self.file("runs"), lambda rel: rel.count(os.sep) == 1 and
-                             TENSORBOARD_FILE.fullmatch(os.path.basename(rel)) is not None)
+        try:
+            for name in os.listdir(self.path):
+                if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt", name):
+                    os.remove(self.file(name))
+            kept = _remove_ours(self.file("best"), lambda rel: rel in MODEL_FILES)
+            kept += _remove_ours(self.file("runs"), lambda rel: rel.count(os.sep) == 1 and
+                                 TENSORBOARD_FILE.fullmatch(os.path.basename(rel)) is not None)
+        except OSError as e:
+            raise UserError(f"--out {self.path}: cannot remove the old run's {e.filename} ({e.strerror}); "
+                            f"nothing of the new run was written yet") from None
         if kept:
             more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
             print(f"warning: --overwrite kept what this tool did not write: {', '.join(kept[:3])}{more}",
@@ -324,6 +329,12 @@ def _remove_ours(directory, ours) -> list:
 
 
 def _check_room(out, need_bytes):
+    # `ulimit -f` (RLIMIT_FSIZE) caps each file this process writes: resume.pt, the largest,
+    # is about the half of need_bytes that is not the final model (checkpoint.bytes_needed).
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < need_bytes // 3:
+        raise UserError(f"--out {out}: files are limited to {limit / 2**20:,.0f} MB (ulimit -f), but resume.pt "
+                        f"needs about {need_bytes / 3 / 2**20:,.0f} MB; raise the limit (ulimit -f unlimited)")
     free = shutil.disk_usage(out).free
     if free < need_bytes:
         raise UserError(f"--out {out}: {free / 2**20:,.0f} MB free on its disk, but the checkpoint and "

@@ -23,6 +23,7 @@ same download would corrupt it, and tokenizing N times is wasted time).
 """
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class Run:
 def setup(args, lr) -> Run:
     """The model, its data and the TrainConfig of one run at learning rate `lr`."""
     dist, device = distributed.setup(args.device)
+    check_compiler(args.compile)
     precision, why = resolve_precision(args.precision, device)
     use_tf32(device)
     loss_chunk, chunk_why = pick_loss_chunk(args.loss_chunk, device)
@@ -105,6 +107,17 @@ def setup(args, lr) -> Run:
     notes += [batch_note] if batch_note else []
     notes += [tokenizer.describe()]
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
+
+
+def check_compiler(compile_asked):
+    """--compile: torch.compile writes C++ (on the CPU) or Triton code and compiles it; without
+    a compiler it fails at the first step, after the model and data were loaded. Said now."""
+    if not compile_asked:
+        return
+    candidates = [os.environ.get("CXX"), os.environ.get("CC"), "g++", "c++", "clang++", "gcc", "cc"]
+    if not any(shutil.which(c) for c in candidates if c):
+        raise UserError("--compile needs a C/C++ compiler (torch.compile compiles the code it generates): "
+                        "install g++ (or set CXX), or leave --compile out")
 
 
 def load_data(args, tokenizer, block_size):

@@ -338,3 +338,92 @@ def test_pytorch_model_bin_is_never_unpickled(capsys, text, cache, tmp_path, mon
     for p in (train(capsys, *base_args(directory, text, cache, tmp_path / "out", 1)),
               evaluate(capsys, directory, "--validation-file", text, "--cache-dir", cache)):
         one_line_error(p, 2, "pytorch_model.bin", "save_pretrained")
+
+
+# === flags and limits checked before the run ============================================
+
+@pytest.mark.parametrize("extra,words", [
+    (["--fp16", "--bf16"], "pick one"),
+    (["--epochs", "1e307"], "epochs"),
+    (["--device", "mps"], "--device mps"),
+    (["--device", "xla"], "--device xla"),
+    (["--lora", "100000"], "--lora 100000"),
+], ids=["fp16-and-bf16", "epochs-1e307", "mps-without-mps", "unsupported-device", "lora-rank-above-layers"])
+def test_impossible_flags_are_one_line_before_training(capsys, tiny, text, cache, tmp_path, extra, words):
+    import torch
+    if "mps" in extra and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    p = train(capsys, *base_args(tiny, text, cache, tmp_path / "out", 1), *extra)
+    one_line_error(p, 2, words)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_compile_without_a_compiler_is_refused_before_loading(capsys, tiny, text, cache, tmp_path, monkeypatch):
+    import shutil as shutil_module
+    monkeypatch.setattr(shutil_module, "which", lambda *a, **k: None)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    p = train(capsys, *base_args(tiny, text, cache, tmp_path / "out", 1, "--compile"))
+    one_line_error(p, 2, "--compile", "compiler")
+
+
+def test_out_of_cpu_memory_in_training_is_one_line_and_keeps_the_last_state(capsys, tiny, text, cache, tmp_path,
+                                                                            monkeypatch):
+    """The CPU allocator fails at step 3 (torch raises a RuntimeError): one line, exit 1, status
+    "failed" with the reason, resume.pt of step 2 whole."""
+    from gpt2.trainer import Trainer
+    original = Trainer.optimizer_step
+
+    def step(self, *a, **k):
+        if self.step == 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 98304000 bytes. Error code 12")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "optimizer_step", step)
+    out = tmp_path / "out"
+    one_line_error(train(capsys, *base_args(tiny, text, cache, out, 4, "--save-every", 2)), 1, "out of memory")
+    status = run_status(out)
+    assert status["status"] == "failed" and "allocate" in status["reason"], status
+    from test_faults import state_step
+    assert state_step(out / "resume.pt") == 2
+
+
+# === the table, the token cache ==========================================================
+
+def test_a_newline_in_a_run_name_keeps_each_row_on_one_line():
+    from harness.compare import format_table
+    rows = [{"run": "evil\nname|x", "status": "done"}, {"run": "plain", "status": "done"}]
+    for markdown in (False, True):
+        table = format_table(rows, markdown=markdown)
+        assert len(table.splitlines()) == 4, table
+        assert "evil\\nname" in table
+
+
+def test_the_litter_of_a_killed_cache_write_is_removed(tmp_path):
+    from harness.datasets import load_token_ids
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    dead = 2**22 + 12345  # above the default pid_max (4,194,304): no process has it
+    litter = cache_dir / f"abc-v2.npz.tmp-{dead}"
+    litter.write_bytes(b"half a cache file")
+    alive = cache_dir / f"def-v2.npz.tmp-{os.getpid()}"  # a write in progress: left alone
+    alive.write_bytes(b"being written")
+    path = write_text(tmp_path / "t.txt", 20)
+    load_token_ids(path, Tokenizer.from_dir(SHIPPED_DIR), str(cache_dir))
+    assert not litter.exists() and alive.exists()
+
+
+def test_a_cache_over_the_file_size_limit_names_the_limit(capsys, tmp_path, monkeypatch):
+    import errno
+    import numpy as np
+    from harness.datasets import load_token_ids
+
+    def too_large(*a, **k):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(np, "savez", too_large)
+    ids = load_token_ids(write_text(tmp_path / "t.txt", 20), Tokenizer.from_dir(SHIPPED_DIR), str(tmp_path / "c"))
+    assert len(ids) > 0
+    err = capsys.readouterr().err
+    assert "ulimit -f" in err and "GPT2_CACHE_DIR" not in err
