@@ -427,3 +427,13 @@ def test_a_cache_over_the_file_size_limit_names_the_limit(capsys, tmp_path, monk
     assert len(ids) > 0
     err = capsys.readouterr().err
     assert "ulimit -f" in err and "GPT2_CACHE_DIR" not in err
+
+
+@pytest.mark.parametrize("endpoint", ["http://me:s3cr%40t@127.0.0.1:9/", "http://me:s3cr%40t@127.0.0.1:9/?x=1"],
+                         ids=["unreachable", "bad-endpoint"])
+def test_a_password_in_hf_endpoint_is_never_shown(capsys, text, cache, tmp_path, monkeypatch, endpoint):
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    p = train(capsys, "--model", "someone/model", "--weights-dir", tmp_path / "w", "--train-file", text,
+              "--cache-dir", cache, "--out", tmp_path / "out")
+    line = one_line_error(p, 2)
+    assert "s3cr" not in line and "***" in line, line
