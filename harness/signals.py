@@ -21,7 +21,9 @@ is the model and AdamW's two moments, about 1.5 GB (see the README's figures).
 """
 
 import contextlib
+import os
 import signal
+import stat
 import sys
 
 # The signals that ask a run to stop, and how the announcement names them.
@@ -87,6 +89,22 @@ class Interrupt:
         if self.announce:
             _say(f"\n{SIGNALS[signum]}: stopping after this step and keeping what was done "
                  f"({'press again' if signum == signal.SIGINT else 'a second signal'} stops at once)")
+        if signum == signal.SIGHUP:
+            _detach_terminal()
+
+
+def _detach_terminal():
+    """After SIGHUP the terminal is gone, and writing to it fails (EIO): the run would then
+    fail while saving what it earned, just to print a line. Output that went to the
+    terminal goes to /dev/null from here on, as under `nohup`; a log file stays as it is.
+    (A terminal is a character device; os.isatty cannot tell once it is hung up: it asks
+    the terminal, which answers EIO.)"""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if stat.S_ISCHR(os.fstat(fd).st_mode):
+                os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _say(line):

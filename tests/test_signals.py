@@ -145,3 +145,43 @@ def test_final_evaluation_out_of_memory_keeps_a_usable_model(capsys, procs, scri
     assert status["status"] == "done" and "allocate memory" in status["note"], status
     assert (out / "all_results.json").is_file() and not (out / "eval_results.json").exists()
     ok(evaluate(capsys, out, "--cache-dir", cache))
+
+
+def test_a_closed_terminal_keeps_a_resumable_state(script, tiny, text, cache, tmp_path):
+    """A real hangup: train.py runs on a pseudo-terminal, as in an SSH session, and the terminal
+    is closed during step 2. The kernel sends SIGHUP, and every later write to the terminal
+    would fail (EIO): the run still saves resume.pt of step 2, records "interrupted", exits 129."""
+    import fcntl
+    import pty
+    import termios
+
+    out, marker = tmp_path / "out", tmp_path / "at-step-2"
+    master, slave = pty.openpty()
+
+    def own_terminal():  # a new session whose controlling terminal is the pty, as sshd sets up
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STEP_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, str(script), *base_args(tiny, text, cache, out, 5)], cwd=ROOT,
+                            env=env, stdin=slave, stdout=slave, stderr=slave, preexec_fn=own_terminal)
+    os.close(slave)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline, "the run never reached step 2"
+            try:  # keep the terminal's buffer drained, as a terminal would
+                os.read(master, 65536) if select_ready(master) else time.sleep(0.05)
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        os.close(master)  # the SSH session ends: SIGHUP to the session
+    assert proc.wait(timeout=120) == 128 + signal.SIGHUP
+    assert state_step(out / "resume.pt") == 2
+    status = run_status(out)
+    assert status["status"] == "interrupted" and status["signal"] == "SIGHUP", status
+
+
+def select_ready(fd) -> bool:
+    import select
+    return bool(select.select([fd], [], [], 0.05)[0])
