@@ -7,8 +7,10 @@ saved, one line says so, and the exit status is 128 + the signal's number; --res
 finishes the run exactly as an uninterrupted one. During the final evaluation the model
 is saved already: the run is "done" without it, and evaluate.py accepts the directory.
 
-The signal is sent from outside, by this test, to a real train.py process: a patch makes
-step 2 leave a marker file and wait, so that the signal lands in the middle of a step.
+The signal is sent from outside, by this test, to a train.py process of its own (forked by
+test_faults.py's helper, which has imported torch once; the closed terminal is a real
+interpreter on a pseudo-terminal): a patch makes step 2 leave a marker file and wait, so
+that the signal lands in the middle of a step.
 """
 
 import json
@@ -67,12 +69,16 @@ def signal_exit(p, sig, name):
     assert len(lines) == 1 and lines[0].startswith(name), p.stderr
 
 
-def wait_for(path, proc, timeout=120):
-    deadline = time.time() + timeout
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "the run never reached step 2"
+def send_during_step_2(procs, script, args, marker, sig):
+    """Start train.py (a forked child of the test's helper: its own process), and send it `sig`
+    from here, from outside, while it is in step 2; the job, to wait for."""
+    job = procs.start(script, *args, env={"STEP_MARKER": str(marker)})
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert time.time() < deadline, job.stderr.read_text()
         time.sleep(0.05)
+    os.kill(job.pid, sig)
+    return job
 
 
 def test_sigterm_from_outside_keeps_a_resumable_state_and_resume_is_exact(procs, script, tiny, text, cache,
@@ -81,15 +87,9 @@ def test_sigterm_from_outside_keeps_a_resumable_state_and_resume_is_exact(procs,
     resume.pt of step 2, status "interrupted"; --resume ends with the weights of a straight run."""
     out, marker = tmp_path / "out", tmp_path / "at-step-2"
     args = base_args(tiny, text, cache, out, 5)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STEP_MARKER": str(marker)}
-    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(marker, proc)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    p = type("P", (), {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr})
+    p = procs.wait(send_during_step_2(procs, script, args, marker, signal.SIGTERM))
     signal_exit(p, signal.SIGTERM, "SIGTERM")
-    assert "--resume" in stdout
+    assert "--resume" in p.stdout
     assert state_step(out / "resume.pt") == 2
     assert run_status(out)["status"] == "interrupted"
     assert not (out / "model.safetensors").exists() and temporaries(out) == []
@@ -106,13 +106,7 @@ def test_sigterm_from_outside_keeps_a_resumable_state_and_resume_is_exact(procs,
 def test_sighup_and_sigusr1_mean_the_same(procs, script, tiny, text, cache, tmp_path, sig, name):
     """A closed SSH session (SIGHUP), SLURM's warning (SIGUSR1): resume.pt, exit 128 + the signal."""
     out, marker = tmp_path / "out", tmp_path / "at-step-2"
-    job = procs.start(script, *base_args(tiny, text, cache, out, 5), env={"STEP_MARKER": str(marker)})
-    deadline = time.time() + 120
-    while not marker.exists():
-        assert time.time() < deadline, job.stderr.read_text()
-        time.sleep(0.05)
-    os.kill(job.pid, sig)
-    p = procs.wait(job)
+    p = procs.wait(send_during_step_2(procs, script, base_args(tiny, text, cache, out, 5), marker, sig))
     signal_exit(p, sig, name)
     assert state_step(out / "resume.pt") == 2
     status = run_status(out)
