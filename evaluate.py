@@ -71,7 +71,8 @@ def check_arguments(args):
             if not is_run_dir(name):
                 raise UserError(f"--plot: {name} is not a run directory of train.py, so it has no loss curve")
     if args.validation_file and not os.path.isfile(args.validation_file):
-        raise UserError(f"--validation-file {args.validation_file}: no such file")
+        what = "not a regular file" if os.path.exists(args.validation_file) else "no such file"
+        raise UserError(f"--validation-file {args.validation_file}: {what}")
 
 
 def check_output_file(path, flag):

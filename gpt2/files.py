@@ -99,6 +99,10 @@ def open_regular(path: str, what: str = "file", max_bytes: int | None = None, hi
         f = open(path, "rb", opener=lambda p, flags: os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, not a {what}") from None
+    except OSError as e:
+        if e.errno != errno.ENXIO:  # ENXIO: a socket, which cannot be opened at all
+            raise
+        raise UserError(f"{path}: not a regular file (a socket); the {what} must be a regular file") from None
     try:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):

@@ -70,7 +70,8 @@ def _check_readable(path: str) -> None:
     if os.path.isdir(path):
         raise UserError(f"{path}: a directory, not a file")
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: " + ("not a regular file (a device, a FIFO or a socket)"
+                                       if os.path.exists(path) else "no such file"))
     try:
         with open(path, "rb"):
             pass

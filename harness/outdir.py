@@ -280,18 +280,19 @@ def _take_lock(path, out):
 def _open_lock(path, out):
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        f = open(path, "a+", opener=lambda p, _: os.open(p, flags, 0o644))
+        fd = os.open(path, flags, 0o644)
     except OSError as e:
         if os.path.islink(path):
             raise UserError(f"--out {out}: {path} is a symbolic link; a lock file is never followed: "
                             f"remove it") from None
         raise UserError(f"--out {out}: cannot write there ({e.strerror})") from None
-    st = os.fstat(f.fileno())
+    st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        f.close()
+        os.close(fd)
         what = "has another name (a hard link)" if stat.S_ISREG(st.st_mode) else "is not a regular file"
         raise UserError(f"--out {out}: {path} {what}; the lock would truncate it: remove it")
-    return f
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a+")
 
 
 def _check_names(out):
