@@ -4,6 +4,7 @@ A finished run leaves in --out:
 
     model.safetensors, config.json   the fine-tuned model, Hugging Face's layout
     vocab.json, merges.txt           its tokenizer, so the directory is a complete model
+      or tokenizer.json              (the model's own form, added tokens included)
     run_args.json                    what was asked, and what it resolved to
     train_results.json               the train metrics block
     eval_results.json                the eval metrics block
@@ -22,7 +23,9 @@ Three rules keep such a directory trustworthy:
    a lock left by a killed run is simply taken over: there is no stale lock to
    delete by hand.
 2. status.json says what the rest is: "running" from the first step, "saving" while
-   the final files are written, "failed" (with the reason) or "interrupted"; once
+   the final files are written, "failed" (with the reason) or "interrupted", "done"
+   with a note when the model is saved but the final evaluation was not (a stop
+   signal, or the evaluation ran out of memory); once
    every final file is written it is removed (a finished run is what its results
    say). A kill in the middle of the final save leaves "saving", so neither the table
    of runs nor evaluate.py takes a half-saved directory for a finished run. With --overwrite, the old run's result files are
