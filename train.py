@@ -20,7 +20,7 @@ from gpt2 import checkpoint
 from harness import hub, lr_finder, outdir, plan, sweep
 from harness.cli import train_parser
 from harness.signals import Interrupt
-from gpt2.errors import UserError, run_cli
+from gpt2.errors import UserError, out_of_memory, run_cli
 from gpt2.evaluation import evaluate
 from gpt2.lora import merged_model, save_adapter
 from harness.report import Logger, metrics_block, summary_writer_class
@@ -122,6 +122,8 @@ def evaluate_and_finish(out, trainer, train_metrics, interrupt):
         try:
             eval_metrics = trainer.evaluate(stop=lambda: interrupt.requested)
         except (RuntimeError, MemoryError, OSError) as e:  # torch's out of memory is a RuntimeError
+            if not (out_of_memory(e) or isinstance(e, OSError)):
+                raise  # a bug: its traceback
             failed = (str(e).splitlines() or [type(e).__name__])[0][:300]
     skipped = interrupt.requested
     if eval_metrics and not skipped:

@@ -52,5 +52,5 @@ def run_cli(main, argv=None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # harness/signals.py says which signal, and if it came twice
-        print(f"\ninterrupted ({e or 'Ctrl-C'}): stopped at once", file=sys.stderr)
+        print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): stopped at once", file=sys.stderr)
         return 130

@@ -179,3 +179,21 @@ def test_a_closed_terminal_keeps_a_resumable_state(script, tiny, text, cache, tm
 def select_ready(fd) -> bool:
     import select
     return bool(select.select([fd], [], [], 0.05)[0])
+
+
+def test_one_ctrl_c_before_the_run_is_not_called_twice(capsys):
+    """A Ctrl-C while the model loads (no handler yet) is one Ctrl-C; a second signal says which."""
+    from gpt2.errors import run_cli
+
+    def main(argv):
+        raise KeyboardInterrupt
+
+    assert run_cli(main) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted (Ctrl-C): stopped at once", err
+
+    def twice(argv):
+        raise KeyboardInterrupt("SIGTERM twice")
+
+    run_cli(twice)
+    assert "SIGTERM twice" in capsys.readouterr().err
