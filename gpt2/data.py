@@ -65,7 +65,8 @@ def tokenize_texts(texts: list[str], tokenizer) -> np.ndarray:
     Nothing is put between two texts (no <|endoftext|>): see the module docstring.
     Texts go to the tokenizer in batches of at most ENCODE_CHUNK_LINES pieces and
     ENCODE_CHUNK_CHARS characters, a long text cut in pieces (`pieces`): memory stays
-    bounded whatever the lines' lengths.
+    bounded whatever the lines' lengths. (Only for GPT-2's kind of tokenizer, whose ids
+    the cuts do not change: a tokenizer.json of another kind gets each text whole.)
     """
     dtype = id_dtype(tokenizer)
     parts, batch, chars = [], [], 0
@@ -76,8 +77,9 @@ def tokenize_texts(texts: list[str], tokenizer) -> np.ndarray:
         parts.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=count))
         batch.clear()
 
+    splittable = getattr(tokenizer, "splits_at_spaces", True)
     for text in texts:
-        for piece in pieces(text):
+        for piece in (pieces(text) if splittable else [text]):
             batch.append(piece)
             chars += len(piece)
             if len(batch) >= ENCODE_CHUNK_LINES or chars >= ENCODE_CHUNK_CHARS:

@@ -64,6 +64,9 @@ class Tokenizer:
 
     def _setup(self, tok, files):
         self._tok = tok
+        # May a long text be cut before a space and tokenized in pieces (data.pieces)? True
+        # for GPT-2's byte-level BPE; a tokenizer.json of another kind may join across spaces.
+        self.splits_at_spaces = True
         self.eot_id = tok.token_to_id(EOT_TOKEN)  # None for a tokenizer without it
         # The rows of the embedding matrix its ids need: an added token may have any id.
         self.vocab_size = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
@@ -88,7 +91,8 @@ class Tokenizer:
                 data = read_capped(f, path, MAX_TOKENIZER_BYTES, "tokenizer.json")
         except OSError as e:
             raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
-        if not isinstance(parse_json(data, path), dict):  # bounded depth and numbers (files.py)
+        spec = parse_json(data, path)  # bounded depth and numbers (files.py)
+        if not isinstance(spec, dict):
             raise UserError(f"{path}: not a JSON object, so not a tokenizer.json")
         try:
             tok = _HFTokenizer.from_str(data.decode("utf-8"))
@@ -97,6 +101,7 @@ class Tokenizer:
             raise UserError(f"{path}: not a tokenizer.json the tokenizers library reads ({reason})") from None
         self = cls.__new__(cls)
         self._setup(tok, (path,))
+        self.splits_at_spaces = _gpt2_like(spec)
         return self
 
     @classmethod
@@ -146,6 +151,15 @@ class Tokenizer:
     def save_tokenizer_json(self, path: str) -> None:
         """The single-file tokenizer.json form (what transformers' fast tokenizer loads)."""
         self._tok.save(path)
+
+
+def _gpt2_like(spec: dict) -> bool:
+    """Is this tokenizer.json GPT-2's kind: no normalizer, a ByteLevel pre-tokenizer, and no
+    added token holding a space? Then a cut before a space changes no ids (data.pieces)."""
+    pre = spec.get("pre_tokenizer")
+    added = spec.get("added_tokens") or []
+    return (spec.get("normalizer") is None and isinstance(pre, dict) and pre.get("type") == "ByteLevel"
+            and all(isinstance(t, dict) and not any(c.isspace() for c in str(t.get("content", ""))) for t in added))
 
 
 def _small_file(path) -> bool:

@@ -210,6 +210,21 @@ def test_a_very_long_line_is_tokenized_in_pieces_with_the_same_ids(monkeypatch):
     assert data.tokenize_texts([line, line], tok).tolist() == tok.encode(line) * 2
 
 
+def test_a_tokenizer_of_another_kind_gets_long_lines_whole(tmp_path, monkeypatch):
+    """A tokenizer.json with a normalizer (not GPT-2's kind) may join across a space: never cut."""
+    path = str(tmp_path / "tokenizer.json")
+    Tokenizer.from_dir(SHIPPED_DIR).save_tokenizer_json(path)
+    assert Tokenizer.from_json(path).splits_at_spaces
+    spec = json.loads(open(path).read())
+    spec["normalizer"] = {"type": "Lowercase"}
+    write_json(path, spec)
+    tok = Tokenizer.from_json(path)
+    assert not tok.splits_at_spaces
+    monkeypatch.setattr(data, "LONG_LINE_CHARS", 10)
+    line = "Some Words " * 30
+    assert data.tokenize_texts([line], tok).tolist() == tok.encode(line)
+
+
 @pytest.mark.parametrize("content,words", [
     ('{"text": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", "nested"),
     ('{"text": "a", "n": 1' + "0" * 5000 + "}\n", "characters"),
