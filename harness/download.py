@@ -52,7 +52,7 @@ import urllib.request
 from tqdm import tqdm
 
 from gpt2.errors import UserError
-from gpt2.files import write_json
+from gpt2.files import BOUNDED, read_json, write_json
 
 # (repo, file) -> (size in bytes, sha256) of files whose content we know in advance.
 KNOWN_FILES = {
@@ -159,9 +159,8 @@ def _is_strong(etag) -> bool:
 def _stored_etag(url: str, sidecar: str) -> str | None:
     """The strong ETag recorded for url's .part, or None if there is no usable one."""
     try:
-        with open(sidecar, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError, RecursionError):  # missing, unreadable or mangled
+        meta = read_json(sidecar, None)
+    except UserError:  # unreadable or mangled
         return None
     if isinstance(meta, dict) and meta.get("url") == url and _is_strong(meta.get("etag")):
         return meta["etag"]
@@ -362,11 +361,9 @@ def _size_cap(repo: str, filename: str, local_dir: str) -> int:
 def _weights_cap(config_path: str) -> int:
     """The most bytes the model.safetensors of the model in config_path can need."""
     try:
-        with open(config_path, "rb") as f:
-            cfg = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise UserError(f"{config_path}: cannot read it to size model.safetensors "
-                        f"({_one_line(e)})") from None
+        cfg = read_json(config_path, kind=dict)  # bounded size, depth and numbers (files.py)
+    except UserError as e:
+        raise UserError(f"cannot read it to size model.safetensors: {e}") from None
     cfg = cfg if isinstance(cfg, dict) else {}
     # The defaults are GPT2Config's (config.py); old configs call n_positions n_ctx.
     V = cfg.get("vocab_size", 50257)
@@ -411,7 +408,7 @@ def _check_content(filename: str, part: str, url: str) -> None:
     try:
         if filename in ("config.json", "vocab.json"):
             with open(part, "rb") as f:
-                if not isinstance(json.loads(f.read().decode("utf-8")), dict):
+                if not isinstance(json.loads(f.read(), **BOUNDED), dict):  # numbers bounded (files.py)
                     raise ValueError("not a JSON object")
         elif filename == "merges.txt":
             with open(part, "rb") as f:
@@ -434,6 +431,6 @@ def _check_safetensors_header(part: str) -> None:
         (n,) = struct.unpack("<Q", head)
         if n > size - 8 or n > MAX_SAFETENSORS_HEADER:
             raise ValueError(f"a header of {n} bytes does not fit in {size} bytes")
-        header = json.loads(f.read(n).decode("utf-8"))
+        header = json.loads(f.read(n).decode("utf-8"), **BOUNDED)
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")

@@ -23,7 +23,6 @@ when Ctrl-C interrupted a run (143 for SIGTERM, ...) (the sweep stops there; tha
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -31,7 +30,7 @@ import sys
 from .compare import comparison_rows, format_table
 from .textfiles import read_texts
 from gpt2.errors import UserError
-from gpt2.files import write_json
+from gpt2.files import read_json, write_json
 from .hub import ALIASES, is_hub_id, resolve
 from .outdir import check, run_status
 from .report import format_lr
@@ -95,10 +94,9 @@ def mark_failed(directory: str, message: str, run_args: dict) -> None:
 
 
 def _finite_train_loss(directory) -> bool:
-    try:
-        with open(os.path.join(directory, "train_results.json"), encoding="utf-8") as f:
-            loss = json.load(f).get("train_loss")  # json reads NaN and Infinity as floats
-    except (OSError, ValueError, AttributeError):
+    try:  # (json reads NaN and Infinity as floats)
+        loss = read_json(os.path.join(directory, "train_results.json"), {}, kind=dict).get("train_loss")
+    except UserError:
         return True  # nothing to judge by: leave the verdict to the table
     return not isinstance(loss, float) or math.isfinite(loss)
 
