@@ -139,10 +139,16 @@ def format_cell(key, value) -> str:
     return str(value)
 
 
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_table(rows, markdown: bool = False) -> str:
     """The rows as an aligned plain-text table, or a GitHub markdown table."""
     titles = [title for _, title in COLUMNS]
-    cells = [[format_cell(key, row.get(key)) for key, _ in COLUMNS] for row in rows]
+    # A newline (or any control character) in a cell, e.g. in a run's name, would break the
+    # row in two: shown as its escape, \n, as repr() writes it.
+    cells = [[_printable(format_cell(key, row.get(key))) for key, _ in COLUMNS] for row in rows]
     if markdown:
         # '|' inside a cell (a failure reason) would start a new column.
         cells = [[c.replace("|", "\\|") for c in line] for line in cells]
