@@ -12,6 +12,7 @@ training, so re-measuring a checkpoint on the same text gives what training prin
 """
 
 import hashlib
+import json
 import os
 import sys
 from types import SimpleNamespace
@@ -31,7 +32,7 @@ from gpt2.precision import autocast, eval_precision, pick_device, resolve_precis
 from harness.report import metrics_block
 from harness.run import pick_block_size
 from gpt2.tokenizer import Tokenizer
-from gpt2.weights import load_checkpoint
+from gpt2.weights import load_checkpoint, weight_files
 
 
 def main(argv=None):
@@ -59,10 +60,8 @@ def what_is_asked(args):
 
 def check_arguments(args):
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
-        if path and os.path.isdir(path):
-            raise UserError(f"{flag} {path}: is a directory; give a file name")
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise UserError(f"{flag} {path}: the directory {os.path.dirname(os.path.abspath(path))} does not exist")
+        if path:
+            check_output_file(path, flag)
     if args.plot:
         try:
             import matplotlib  # noqa: F401  (only checking that the optional extra is there)
@@ -72,7 +71,24 @@ def check_arguments(args):
             if not is_run_dir(name):
                 raise UserError(f"--plot: {name} is not a run directory of train.py, so it has no loss curve")
     if args.validation_file and not os.path.isfile(args.validation_file):
-        raise UserError(f"--validation-file {args.validation_file}: no such file")
+        what = "not a regular file" if os.path.exists(args.validation_file) else "no such file"
+        raise UserError(f"--validation-file {args.validation_file}: {what}")
+
+
+def check_output_file(path, flag):
+    """An output file, before the evaluation: it is written by a rename (files.py), so it must
+    be a new name or a regular file, in a directory this user can write to. (/dev/stdout
+    is a link: renaming over it would replace the link, as root in /dev itself.)"""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path}: the directory {folder} does not exist")
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+        raise UserError(f"{flag} {path}: a link or a special file; give the name of a regular file "
+                        f"(it is written whole, then renamed into place)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in {folder}")
 
 
 # --- finding the model and its validation text ---------------------------------------
@@ -90,16 +106,29 @@ def check_model_arg(name: str) -> None:
         state = status.get("status")
         reason = f": {status['reason']}" if status.get("reason") else ""
         why = f" (status.json: {state}{reason})" if state else ""
-        if not os.path.isfile(os.path.join(os.path.expanduser(name), "model.safetensors")):
+        directory = os.path.expanduser(name)
+        weights, _ = weight_files(directory)  # model.safetensors, or the shards of its index
+        if not os.path.isfile(weights):
             raise UserError(f"{name}: no model.safetensors in this directory, so no model to load{why}")
         if state in ("running", "saving", "stopped", "failed"):
             # Its files may not belong together: new weights beside an old run's, or the reverse.
             raise UserError(f"{name}: its run is not finished{why}; its model.safetensors may not be the run's")
 
 
+# The values of run_args.json this command reads, and the types they must have.
+RUN_ARGS_TYPES = {"block_size": int, "keep_linebreaks": bool, "validation_split": (int, float),
+                  "max_eval_samples": int, "train_file": str, "validation_file": str, "data": dict}
+
+
 def run_args_of(directory) -> dict:
-    args = read_json(os.path.join(directory, "run_args.json"), {})
-    return args if isinstance(args, dict) else {}
+    """run_args.json of a run directory ({} if none), its values checked: a hand-edited one is one line."""
+    path = os.path.join(directory, "run_args.json")
+    args = read_json(path, {}, kind=dict)
+    for key, kind in RUN_ARGS_TYPES.items():
+        value = args.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise UserError(f"{path}: {key} is {json.dumps(value)[:40]}, not a {getattr(kind, '__name__', 'number')}")
+    return args
 
 
 def validation_blocks(args, name, directory, run_args, block_size, tokenizer):
@@ -165,16 +194,16 @@ def _recorded(directory, path, what):
 def measure(args, name, model, directory, tokenizer, device, precision):
     """(eval metrics, block size) of one model."""
     run_args = run_args_of(directory)
+    # A fine-tuned run's block in run_clm also shows the epochs it was trained for (read first:
+    # a file that cannot be read is said before the evaluation, not after it).
+    results = {}
+    for f in ("all_results.json", "train_results.json"):
+        results.update(read_json(os.path.join(directory, f), {}, kind=dict))
     block_size = pick_block_size(args.block_size or run_args.get("block_size"), model.config.n_positions)
     blocks, source = validation_blocks(args, name, directory, run_args, block_size, tokenizer)
     print(f"evaluating {name} on {source}: {len(blocks):,} blocks of {block_size} tokens, "
           f"batch {args.batch_size}, {device.type} {precision}", file=sys.stderr)
     metrics = evaluate(model, blocks, args.batch_size, device, precision, progress=sys.stderr.isatty())
-    # A fine-tuned run's block in run_clm also shows the epochs it was trained for.
-    results = {}
-    for f in ("all_results.json", "train_results.json"):
-        saved = read_json(os.path.join(directory, f), {})
-        results.update(saved if isinstance(saved, dict) else {})
     if isinstance(results.get("epoch"), (int, float)):
         metrics = {"epoch": results["epoch"], **metrics}
     return metrics, block_size

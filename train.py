@@ -17,7 +17,7 @@ import sys
 import torch
 
 from gpt2 import checkpoint, loop
-from gpt2.errors import NonFiniteLoss, UserError, run_cli
+from gpt2.errors import NonFiniteLoss, UserError, out_of_memory, run_cli
 from gpt2.evaluation import evaluate
 from gpt2.lora import adapter_dir, merged_model, save_adapter
 from gpt2.loop import History
@@ -46,7 +46,8 @@ def main(argv=None):
 
 
 def train(args, lr):
-    """One fine-tuning run: set up, train, save. Returns 0, or 130 after a signal."""
+    """One fine-tuning run: set up, train, save. Returns 0, or 128 + the signal's number
+    after Ctrl-C (130), SIGTERM (143), SIGHUP or SIGUSR1 (harness/signals.py)."""
     state = checked_state(args, lr)  # the resumable state to continue from, if any
     run = setup(args, lr)  # model, tokenizer, blocks, TrainConfig, device, processes
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks: each process its own
@@ -54,7 +55,7 @@ def train(args, lr):
 
     def save_model(directory):  # a complete model directory: weights, config, tokenizer (and adapter/)
         save_checkpoint(merged_model(run.model) if args.lora else run.model, directory)
-        out.copy_files(run.tokenizer.files, directory)
+        out.copy_tokenizer(run.tokenizer.files, directory)  # the model's own tokenizer, carried on
         if args.lora:
             save_adapter(run.model, adapter_dir(directory), base_model=args.model)
 
@@ -77,13 +78,13 @@ def train(args, lr):
             if reason == "interrupted":
                 hooks.print(f"interrupted at step {trainer.step}: resumable state saved in {args.out}; "
                             f"run the same command with --resume to continue")
-                out.set_status("interrupted", step=trainer.step)
-                return 130
+                out.set_status("interrupted", step=trainer.step, signal=interrupt.name)
+                return interrupt.exit_code
             with interrupt.deferred():  # the trained model is written whole, even if Ctrl-C comes twice
                 save_run(out, save_model, describe(args, run, trainer.total_steps), train_metrics, history.log)
             return evaluate_and_finish(out, trainer, run.val_blocks, train_metrics, interrupt, hooks)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-        out.record_failure("interrupted", "Ctrl-C twice")
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): stop at once
+        out.record_failure("interrupted", f"{interrupt.name} twice")
         raise
     except NonFiniteLoss as e:  # say what is left to go back to
         out.record_failure("failed", str(e))
@@ -139,10 +140,17 @@ def save_run(out, save_model, run_args, train_metrics, log_history):
 
 
 def evaluate_and_finish(out, trainer, val_blocks, train_metrics, interrupt, hooks):
-    """The final evaluation (skipped after Ctrl-C: the model is saved already), then the results."""
-    eval_metrics = None
+    """The final evaluation, then the results. The model is saved already: a stop signal skips
+    the evaluation, and an evaluation that fails (out of memory at --eval-batch-size) costs
+    only its own metrics; either way the run is "done", with a note that says why."""
+    eval_metrics, failed = None, None
     if val_blocks is not None and not interrupt.requested:
-        eval_metrics = trainer.evaluate(val_blocks, stop=lambda: interrupt.requested)
+        try:
+            eval_metrics = trainer.evaluate(val_blocks, stop=lambda: interrupt.requested)
+        except (RuntimeError, MemoryError, OSError) as e:  # torch's out of memory is a RuntimeError
+            if not (out_of_memory(e) or isinstance(e, OSError)):
+                raise  # a bug: its traceback
+            failed = (str(e).splitlines() or [type(e).__name__])[0][:300]
     skipped = interrupt.requested
     if eval_metrics and not skipped:
         eval_metrics = {"epoch": train_metrics["epoch"], **eval_metrics}
@@ -150,12 +158,18 @@ def evaluate_and_finish(out, trainer, val_blocks, train_metrics, interrupt, hook
             print(metrics_block("eval", eval_metrics))
         out.write_json("eval_results.json", eval_metrics)
     out.write_json("all_results.json", {**train_metrics, **(eval_metrics or {})})
-    if skipped:
-        out.set_status("done", note="no final evaluation: Ctrl-C")
+    why = f"{interrupt.name}" if skipped else f"it failed: {failed}" if failed else None
+    if why:
+        out.set_status("done", note=f"no final evaluation: {why}")
     else:
         out.remove(outdir.STATUS)  # a finished run needs no explanation: its results say it all
-    hooks.print(f"saved to {os.path.join(os.path.normpath(out.path), '')}" + (" (Ctrl-C: the final evaluation was skipped)" if skipped else ""))
-    return 130 if skipped else 0
+    saved = os.path.join(os.path.normpath(out.path), "")  # runs/x/, never runs/x//
+    hooks.print(f"saved to {saved}" + (f" (no final evaluation: {why}; evaluate.py can run it)" if why else ""))
+    if failed:
+        print(f"error: the final evaluation failed ({failed}); the trained model is saved in {out.path}/",
+              file=sys.stderr)
+        return 1
+    return interrupt.exit_code if skipped else 0
 
 
 def evaluate_only(args):

@@ -39,7 +39,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from .errors import UserError
-from .files import write_json
+from .files import open_regular, parse_json, read_capped, write_json
 
 
 @dataclass
@@ -128,6 +128,7 @@ MAX_SIZE = {
 # ... and together: the parameters, held in float32 (4 bytes each), must fit in 1 TB.
 # GPT-3 175B would take 0.7 TB; 100000 blocks of GPT-2 small would take 2.8 TB.
 MAX_PARAMETER_BYTES = 10**12
+MAX_CONFIG_BYTES = 1 << 20  # a real config.json is 1 KB; hub.py caps its download the same
 
 PROBABILITIES = ("embd_pdrop", "attn_pdrop", "resid_pdrop")
 
@@ -147,21 +148,16 @@ SUPPORTED = {
 def read_json_object(path: str) -> dict:
     """The JSON object in `path`, or a one-line UserError saying why there is none."""
     try:
-        with open(path, "rb") as f:
-            d = json.loads(f.read().decode("utf-8"))
+        with open_regular(path, "config.json", MAX_CONFIG_BYTES) as f:
+            data = read_capped(f, path, MAX_CONFIG_BYTES, "config.json")
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except PermissionError:
         raise UserError(f"{path}: permission denied") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: a directory, not a file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
-    # ValueError: bad JSON, bad UTF-8, or an integer of more than 4300 digits;
-    # RecursionError: [[[[... nested deeper than the parser goes.
-    except (ValueError, RecursionError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: not valid JSON ({reason})") from None
+    # Bad JSON, bad UTF-8, [[[[... nested deep, a number of 5,000 digits: one line (files.py).
+    d = parse_json(data, path)
     if not isinstance(d, dict):
         raise UserError(f"{path}: not a JSON object")
     return d

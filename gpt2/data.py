@@ -48,6 +48,8 @@ from .errors import UserError
 # Lines handed to the Rust tokenizer at once: large enough to keep all cores busy,
 # small enough that its per-token Encoding objects do not fill memory on a big file.
 ENCODE_CHUNK_LINES = 10_000
+ENCODE_CHUNK_CHARS = 4_000_000  # ... and at most this many characters at once
+LONG_LINE_CHARS = 100_000       # a longer line is tokenized in pieces (see `pieces`)
 
 
 # --- tokenizing -----------------------------------------------------------------
@@ -61,15 +63,61 @@ def tokenize_texts(texts: list[str], tokenizer) -> np.ndarray:
     """Token ids of each text, tokenized on its own, concatenated: shape (total ids,).
 
     Nothing is put between two texts (no <|endoftext|>): see the module docstring.
+    Texts go to the tokenizer in batches of at most ENCODE_CHUNK_LINES pieces and
+    ENCODE_CHUNK_CHARS characters, a long text cut in pieces (`pieces`): memory stays
+    bounded whatever the lines' lengths. (Only for GPT-2's kind of tokenizer, whose ids
+    the cuts do not change: a tokenizer.json of another kind gets each text whole.)
     """
     dtype = id_dtype(tokenizer)
-    parts = []
-    for i in range(0, len(texts), ENCODE_CHUNK_LINES):
-        encoded = tokenizer.encode_batch(texts[i:i + ENCODE_CHUNK_LINES])
+    parts, batch, chars = [], [], 0
+
+    def flush():
+        encoded = tokenizer.encode_batch(batch)
         count = sum(len(ids) for ids in encoded)
         parts.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=count))
+        batch.clear()
+
+    splittable = getattr(tokenizer, "splits_at_spaces", True)
+    for text in texts:
+        for piece in (pieces(text) if splittable else [text]):
+            batch.append(piece)
+            chars += len(piece)
+            if len(batch) >= ENCODE_CHUNK_LINES or chars >= ENCODE_CHUNK_CHARS:
+                flush()
+                chars = 0
+    if batch:
+        flush()
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
+
+def pieces(text: str, limit: int | None = None):
+    """`text` in consecutive pieces of at most `limit` characters that tokenize as the whole does.
+
+    A 50 MB line handed to the tokenizer at once takes gigabytes (it keeps offsets and
+    more for every token). GPT-2 first splits text into words, numbers, punctuation and
+    spaces (tokenizer.py), and BPE never merges across two of those pieces. A single
+    space between two non-space characters always starts a new word (" word", " 42",
+    " ."), so cutting just before it changes nothing: the ids of the pieces, put end to
+    end, are the ids of the whole. Only a text with no such space in `limit` characters
+    (50 MB of one word) is cut where the limit falls, which may split one word's tokens.
+    """
+    limit = limit or LONG_LINE_CHARS
+    start = 0
+    while len(text) - start > limit:
+        cut = _space_before(text, start + limit // 2, start + limit) or start + limit
+        yield text[start:cut]
+        start = cut
+    yield text[start:] if start else text
+
+
+def _space_before(text, lo, hi):
+    """The last position in [lo, hi) of a space between two non-space characters, or None."""
+    i = text.rfind(" ", lo, hi)
+    while i > lo:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i
+        i = text.rfind(" ", lo, i)
+    return None
 
 
 # --- blocks ---------------------------------------------------------------------

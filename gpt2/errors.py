@@ -8,9 +8,10 @@ the command-line entry points catch it, print that one line and exit with status
 
 Two more kinds of ending are the machine's, not the program's, and get one line too:
 an OSError the library did not expect (a disk that fills up or turns read-only in the
-middle of a save: the line names the file and the system's reason, exit 1), and a
-second Ctrl-C, which stops at once (exit 130, the shell's code for SIGINT; the first
-Ctrl-C is handled by the run itself, see harness/signals.py). Anything else is a real bug
+middle of a save: the line names the file and the system's reason, exit 1), running
+out of memory (MemoryError, or torch's RuntimeError saying so: exit 1), and a
+second Ctrl-C (or SIGTERM...), which stops at once (exit 130, the shell's code for
+SIGINT; the first is handled by the run itself, see harness/signals.py). Anything else is a real bug
 and keeps its traceback.
 """
 
@@ -25,6 +26,12 @@ class NonFiniteLoss(UserError):
     """The loss, or the weights, stopped being finite numbers: the run cannot go on."""
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Is this the machine running out of memory? (torch raises RuntimeError for the CPU's.)"""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def run_cli(main, argv=None) -> int:
     """Run `main(argv)`; turn a UserError, an OSError or Ctrl-C into one line on stderr."""
     try:
@@ -32,11 +39,18 @@ def run_cli(main, argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise  # a real bug: its traceback
+        first = (str(e).splitlines() or ["MemoryError"])[0][:200]
+        print(f"error: out of memory ({first}); a smaller --batch-size (with --grad-accum), --block-size, "
+              f"--checkpointing or --lora needs less; the last resumable state, if any, is kept", file=sys.stderr)
+        return 1
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e} (nothing half-written was left under a final name)",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C twice): stopped at once", file=sys.stderr)
+    except KeyboardInterrupt as e:  # harness/signals.py says which signal, and if it came twice
+        print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): stopped at once", file=sys.stderr)
         return 130

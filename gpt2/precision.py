@@ -59,9 +59,14 @@ def pick_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:  # a typo: "gpu", "cuda0", ...
         raise UserError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: Apple's MPS is not available on this machine; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: not supported here; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def cpu_has_native_bf16() -> bool:

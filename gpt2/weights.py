@@ -27,6 +27,12 @@ refused before any tensor is read and before the model is built. The data then g
 one look: NaN or infinity in a weight (the mark of a diverged run) would load
 without complaint and train to a NaN loss, so it is refused too.
 
+Large models come in shards: `model-00001-of-00003.safetensors` and so on, with
+`model.safetensors.index.json` naming the shard of every tensor ("weight_map").
+`weight_files` finds them; the shards are then read one tensor at a time, as one
+file is. A `pytorch_model.bin` alone is a pickle: loading one runs whatever code it
+holds, so it is never opened, and one line says how to convert it.
+
 Files are written as `transformers` writes them, so `GPT2LMHeadModel.from_pretrained`
 opens a checkpoint fine-tuned here. The tied LM head is not written: safetensors
 refuses two names for one piece of memory (its loader maps each name to its own
@@ -37,6 +43,7 @@ quietly untied), so only `transformer.wte.weight` is stored, and transformers (l
 
 import json
 import os
+import re
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -44,7 +51,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import GPT2Config
 from .errors import UserError
-from .files import atomic_path, library_write
+from .files import atomic_path, library_write, read_json
 from .model import GPT2
 
 # Weights stored (in, out) by HF's Conv1D; nn.Linear wants (out, in).
@@ -63,7 +70,8 @@ def _check_readable(path: str) -> None:
     if os.path.isdir(path):
         raise UserError(f"{path}: a directory, not a file")
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: " + ("not a regular file (a device, a FIFO or a socket)"
+                                       if os.path.exists(path) else "no such file"))
     try:
         with open(path, "rb"):
             pass
@@ -265,18 +273,63 @@ def load_checkpoint(directory: str, dropout: float | None = None, config: GPT2Co
     cfg = config if config is not None else GPT2Config.from_json(config_path)
     if dropout is not None:
         cfg = cfg.with_dropout(dropout)
-    weights_path = os.path.join(directory, "model.safetensors")
+    weights_path, shards = weight_files(directory)
     # Nothing is read or built until the header agrees with the config ...
-    check_tensors(read_header(weights_path), cfg, weights_path, config_path)
+    check_tensors(_headers(weights_path, shards), cfg, weights_path, config_path)
     # ... nor built until the data is sound (_ours refuses NaN and infinity): a first
     # pass reads the tensors one at a time and keeps none, ...
-    for _ in _ours(_file_tensors(weights_path), weights_path):
+    tensors = lambda: (kt for shard in shards for kt in _file_tensors(shard))  # noqa: E731
+    for _ in _ours(tensors(), weights_path):
         pass
     # ... and the second copies them into the model, one at a time. Memory: the model
     # and one tensor, not the model and the whole file (twice the weights).
     model = GPT2(cfg, **options)
-    _copy_into(model, _ours(_file_tensors(weights_path), weights_path), weights_path)
+    _copy_into(model, _ours(tensors(), weights_path), weights_path)
     return model
+
+
+INDEX = "model.safetensors.index.json"
+_SHARD = re.compile(r"[\w.-]+\.safetensors")  # a file name of the directory itself: no "/" nor ".."
+
+
+def weight_files(directory: str) -> tuple[str, list]:
+    """(the path that names the weights in messages, the safetensors files holding them).
+
+    model.safetensors, else the shards its index names; a one-line UserError otherwise.
+    """
+    single, index = os.path.join(directory, "model.safetensors"), os.path.join(directory, INDEX)
+    if os.path.lexists(single) or not os.path.lexists(index):
+        if not os.path.lexists(single) and os.path.lexists(os.path.join(directory, "pytorch_model.bin")):
+            raise UserError(f"{directory}: only pytorch_model.bin, a pickle (loading one can run any code it "
+                            f"holds, so it is not opened); convert it once to safetensors: python -c \"from "
+                            f"transformers import AutoModelForCausalLM as M; M.from_pretrained('{directory}')"
+                            f".save_pretrained('{directory}')\"")
+        return single, [single]
+    weight_map = read_json(index, kind=dict).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index}: no \"weight_map\" of tensor names to shard files")
+    bad = [v for v in weight_map.values() if not isinstance(v, str) or not _SHARD.fullmatch(v) or v.startswith(".")]
+    if bad:
+        raise UserError(f"{index}: {str(bad[0])[:80]!r} is not the name of a .safetensors file in {directory}")
+    shards = [os.path.join(directory, name) for name in dict.fromkeys(weight_map.values())]
+    return index, shards
+
+
+def _headers(index: str, shards: list) -> dict:
+    """The headers of the shards as one; each tensor in one shard only, the one its index names."""
+    if len(shards) == 1 and shards[0] == index:
+        return read_header(index)
+    merged, where = {}, {}
+    for shard in shards:
+        for name, spec in read_header(shard).items():
+            if name in merged:
+                raise UserError(f"{index}: {name} is in both {where[name]} and {os.path.basename(shard)}")
+            merged[name], where[name] = spec, os.path.basename(shard)
+    named = read_json(index, kind=dict)["weight_map"]
+    wrong = [k for k, v in named.items() if where.get(k) != v]
+    if wrong:
+        raise UserError(f"{index}: {wrong[0]} is not in {named[wrong[0]]}, where the index says it is")
+    return merged
 
 
 def to_hf(model: GPT2) -> dict:

@@ -70,6 +70,16 @@ def positive_float(text: str) -> float:
     return v
 
 
+MAX_EPOCHS = 1_000_000  # more is a typo (1e307 would overflow the count of steps)
+
+
+def epochs(text: str) -> float:
+    v = positive_float(text)
+    if v > MAX_EPOCHS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_EPOCHS:,} epochs, got {text}")
+    return v
+
+
 def non_negative_float(text: str) -> float:
     v = _finite_number(text)
     if v < 0:
@@ -156,6 +166,11 @@ class Switch(argparse.Action):
         if self.on is True:
             setattr(namespace, self.dest, on != self.invert)
         elif on:
+            # Two switches of one setting (--fp16 --bf16): run_clm refuses them, so do we.
+            chosen = parser.__dict__.setdefault("_switched", {})
+            other = chosen.setdefault(self.dest, (option_string, self.on))
+            if other[1] != self.on:
+                parser.error(f"argument {option_string}: not with {other[0]}; pick one")
             setattr(namespace, self.dest, self.on)
 
 
@@ -295,7 +310,7 @@ def _add_optimisation_args(g):
                         "pretrained weights, then a table comparing them. A run that fails (NaN loss, ...) "
                         "is marked failed and the others go on; exit status 0 if at least one run "
                         "completed, 1 if all failed")
-    g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=positive_float, default=3.0)
+    g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=epochs, default=3.0)
     g.add_argument("--max-steps", "--max_steps", dest="max_steps", type=int, default=0,
                    help="stop after this many optimizer steps; overrides --epochs (<= 0: off)")
     g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=positive_int, default=1,

@@ -184,6 +184,10 @@ def format_cell(key, value) -> str:
     return str(value)
 
 
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _cells(row) -> list[str]:
     cells = [format_cell(key, row.get(key)) for key, _ in COLUMNS]
     if row.get("last_session_only"):  # ">=": earlier sessions are missing from the time
@@ -202,7 +206,9 @@ def _notes(rows) -> list[str]:
 def format_table(rows, markdown: bool = False) -> str:
     """The rows as an aligned plain-text table, or a GitHub markdown table; notes below it."""
     titles = [title for _, title in COLUMNS]
-    cells = [_cells(row) for row in rows]
+    # A newline (or any control character) in a cell, e.g. in a run's name, would break the
+    # row in two: shown as its escape, \n, as repr() writes it.
+    cells = [[_printable(c) for c in _cells(row)] for row in rows]
     notes = _notes(rows)
     if markdown:
         # '|' inside a cell (a failure reason) would start a new column.

@@ -19,6 +19,8 @@ reference that ships with every CPython (`pydoc_data.topics`): about 465,000
 characters, 140,177 GPT-2 tokens on Python 3.11 (136 blocks of 1024).
 """
 
+import contextlib
+import errno
 import hashlib
 import os
 import sys
@@ -28,7 +30,7 @@ import numpy as np
 
 from gpt2.data import id_dtype, make_blocks, split_blocks, tokenize_texts
 from gpt2.errors import UserError
-from gpt2.files import atomic_path
+from gpt2.files import atomic_path, is_temporary
 
 from .textfiles import _decode, _read_bytes, _texts, file_format, split_lines
 
@@ -90,18 +92,40 @@ def _load_cached(path, tokenizer):
     return ids if good else None
 
 
+def _remove_litter(cache_dir) -> None:
+    """Remove the temporary files of cache writes whose process is gone (killed mid-write).
+
+    The cache is shared by runs that may be writing right now: only a file whose pid
+    (the number after .tmp-) no longer runs on this machine is litter.
+    """
+    for name in os.listdir(cache_dir):
+        if not is_temporary(name):
+            continue
+        try:
+            os.kill(int(name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(cache_dir, name))
+        except (OSError, ValueError):
+            pass  # alive (another user's: PermissionError), or not ours to judge
+
+
 def _save_cached(path, ids) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        _remove_litter(os.path.dirname(path))
         with atomic_path(path) as tmp:
             # Through a file object: given a name, np.savez would append ".npz" to the
             # temporary name and the rename would miss it.
             with open(tmp, "wb") as f:
                 np.savez(f, ids=ids, sha256=np.array(_ids_sha256(ids)))
     except OSError as e:
-        # A cache is an optimisation; a read-only disk must not stop the run.
-        print(f"warning: cannot write the token cache {path} ({e.strerror}); "
-              f"set GPT2_CACHE_DIR to a writable directory", file=sys.stderr)
+        # A cache is an optimisation; a read-only or full disk must not stop the run.
+        advice = {errno.EFBIG: "the file size limit (ulimit -f) is below its size",
+                  errno.ENOSPC: "its disk is full; free some space, or set GPT2_CACHE_DIR (or --cache-dir) elsewhere",
+                  errno.EDQUOT: "the disk quota is exceeded; set GPT2_CACHE_DIR (or --cache-dir) elsewhere"}
+        print(f"warning: cannot write the token cache {path} ({e.strerror}); " +
+              advice.get(e.errno, "set GPT2_CACHE_DIR (or --cache-dir) to a writable directory"), file=sys.stderr)
 
 
 def _cached_ids(content: bytes, get_texts, tokenizer, cache_dir, reading):

@@ -4,6 +4,7 @@ A finished run leaves in --out:
 
     model.safetensors, config.json   the fine-tuned model, Hugging Face's layout
     vocab.json, merges.txt           its tokenizer, so the directory is a complete model
+      or tokenizer.json              (the model's own form, added tokens included)
     run_args.json                    what was asked, and what it resolved to
     train_results.json               the train metrics block
     eval_results.json                the eval metrics block
@@ -23,12 +24,21 @@ Three rules keep such a directory trustworthy:
    a lock left by a killed run is simply taken over: there is no stale lock to
    delete by hand.
 2. status.json says what the rest is: "running" from the first step, "saving" while
-   the final files are written, "failed" (with the reason) or "interrupted"; once
+   the final files are written, "failed" (with the reason) or "interrupted", "done"
+   with a note when the model is saved but the final evaluation was not (a stop
+   signal, or the evaluation ran out of memory); once
    every final file is written it is removed (a finished run is what its results
    say). A kill in the middle of the final save leaves "saving", so neither the table
    of runs nor evaluate.py takes a half-saved directory for a finished run. With --overwrite, the old run's result files are
    removed first: old results never sit beside new weights.
-3. A full or read-only disk is found before the training, not after it: `claim`
+3. Nothing planted in the directory is followed. The lock file is opened with
+   O_NOFOLLOW and must be a regular file with one name (a link to another file would be
+   truncated); every other file is written by a rename (files.py), which replaces a
+   link instead of writing through it; a name the run writes that is a directory (or a
+   device) is refused before the run; best/ must be a real directory. --overwrite
+   removes only what this tool writes: the names below, the model files in best/,
+   TensorBoard's event files in runs/; anything else there stays, and is named.
+4. A full or read-only disk is found before the training, not after it: `claim`
    checks that OUT is writable and that its disk has room for the checkpoint and
    resume.pt. Every file is written atomically (files.py), and the temporary files
    of a save that was killed are removed when the next run claims the directory.
@@ -37,8 +47,11 @@ Three rules keep such a directory trustworthy:
 import fcntl
 import os
 import re
+import resource
 import shutil
 import socket
+import stat
+import sys
 import time
 
 import torch
@@ -54,6 +67,16 @@ RESULT_FILES = ("run_args.json", "train_results.json", "eval_results.json", "all
                 "log_history.json", "log.jsonl", STATUS)
 STATE_FILES = ("resume.pt",)  # and the checkpoint-<step>/ folders (checkpoints.py); resume-<step>.pt: older runs
 RESULT_DIRS = ("best", "runs")
+# The files of a model directory (OUT itself, and best/): weights, config, tokenizer, adapter.
+MODEL_FILES = ("model.safetensors", "config.json", "vocab.json", "merges.txt", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "adapter_model.safetensors",
+               "adapter_config.json")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TENSORBOARD_FILE = re.compile(r"events\.out\.tfevents\..*")
+# A checkpoint-<step>/ folder's files (checkpoints.py): a model, its run's flags and its state.
+CHECKPOINT_FILES = MODEL_FILES + ("run_args.json", "trainer_state.json", "resume.pt",
+                                  os.path.join("adapter", "adapter_model.safetensors"),
+                                  os.path.join("adapter", "adapter_config.json"))
 
 
 def check(out, overwrite=False, state=None):
@@ -154,6 +177,7 @@ class RunDir:
             return self
         try:
             check(self.path, overwrite, state)  # again, under the lock: another run may have just begun
+            _check_names(self.path)
             _check_room(self.path, need_bytes)  # before anything is removed: a refusal loses nothing
             self._clean(keep_results=continues(state, self.path))
         except BaseException:
@@ -177,7 +201,11 @@ class RunDir:
             self._lock = None
 
     def _clean(self, keep_results):
-        """Remove the temporary files of killed saves; unless the run goes on, the old run's results."""
+        """Remove the temporary files of killed saves; unless the run goes on, the old run's results.
+
+        Only what this tool writes is removed (see the module docstring); what else is in
+        best/ or runs/ stays where it is, and one line names it.
+        """
         for directory in (self.path, self.file("best")):
             if os.path.isdir(directory):
                 for name in os.listdir(directory):
@@ -185,12 +213,23 @@ class RunDir:
                         _remove(os.path.join(directory, name))
         if keep_results:
             return
-        for name in os.listdir(self.path):
-            if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt|checkpoint-\d+", name):
-                _remove(self.file(name))
-        for name in RESULT_DIRS:
-            if os.path.isdir(self.file(name)):
-                shutil.rmtree(self.file(name))
+        try:
+            for name in os.listdir(self.path):
+                if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt", name):
+                    os.remove(self.file(name))
+            kept = _remove_ours(self.file("best"), lambda rel: rel in MODEL_FILES)
+            kept += _remove_ours(self.file("runs"), lambda rel: rel.count(os.sep) == 1 and
+                                 TENSORBOARD_FILE.fullmatch(os.path.basename(rel)) is not None)
+            for name in os.listdir(self.path):  # checkpoint-<step>/: a model and its state (checkpoints.py)
+                if re.fullmatch(r"checkpoint-\d+", name):
+                    kept += _remove_ours(self.file(name), lambda rel: rel in CHECKPOINT_FILES)
+        except OSError as e:
+            raise UserError(f"--out {self.path}: cannot remove the old run's {e.filename} ({e.strerror}); "
+                            f"nothing of the new run was written yet") from None
+        if kept:
+            more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
+            print(f"warning: --overwrite kept what this tool did not write: {', '.join(kept[:3])}{more}",
+                  file=sys.stderr)
 
     # --- writing -------------------------------------------------------------------
     def set_status(self, status, **extra):
@@ -214,12 +253,27 @@ class RunDir:
         """<split>_results.json, and the same keys updated in all_results.json (as the Trainer's save_metrics)."""
         if self.is_main:
             self.write_json(f"{split}_results.json", metrics)
-            merged = read_json(self.file("all_results.json"), {})
-            self.write_json("all_results.json", {**(merged if isinstance(merged, dict) else {}), **metrics})
+            try:
+                merged = read_json(self.file("all_results.json"), {}, kind=dict)
+            except UserError as e:  # the new metrics are kept whatever the old file holds
+                print(f"warning: {e}; all_results.json now holds the new metrics only", file=sys.stderr)
+                merged = {}
+            self.write_json("all_results.json", {**merged, **metrics})
 
     def remove(self, name):
         if self.is_main and os.path.exists(self.file(name)):
             os.remove(self.file(name))
+
+    def copy_tokenizer(self, paths, directory=None):
+        """The tokenizer's files into OUT (or best/), and no other tokenizer's: a vocab.json left by
+        an earlier run beside a new tokenizer.json would describe another vocabulary."""
+        self.copy_files(paths, directory)
+        if self.is_main:
+            ours = {os.path.basename(p) for p in paths}
+            for name in TOKENIZER_FILES:
+                other = os.path.join(directory or self.path, name)
+                if name not in ours and os.path.lexists(other) and not os.path.isdir(other):
+                    os.remove(other)
 
     def copy_files(self, paths, directory=None):
         """Copy files (a tokenizer's) into OUT or a subdirectory of it, each atomically."""
@@ -232,28 +286,31 @@ class RunDir:
 
 
 def _remove(path):
-    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    """A file, or a folder with what is in it; a link only as a link (never followed)."""
+    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 
 def _take_lock(path, out):
-    """An exclusive flock on `path`, held until the file object is closed."""
+    """An exclusive flock on `path`, held until the file object is closed.
+
+    O_NOFOLLOW: a symbolic link planted as OUT/.lock is refused, never followed; and the
+    file must be a regular file with a single name, since the lock truncates it (a hard
+    link to another file of the user's would be emptied).
+    """
     while True:
-        try:
-            f = open(path, "a+")
-        except OSError as e:
-            raise UserError(f"--out {out}: cannot write there ({e.strerror})") from None
+        f = _open_lock(path, out)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
+            holder = f.read(200).strip() or "another process"
             f.close()
             raise UserError(f"--out {out}: another run is using this directory ({holder}); "
                             f"wait for it to end, or use another --out") from None
         # The run before us may have removed the file between our open and our lock:
         # then we hold a lock on a file nobody else will see. Check, and start again.
         try:
-            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+            same = os.path.samestat(os.fstat(f.fileno()), os.lstat(path))
         except FileNotFoundError:
             same = False
         if same:
@@ -265,7 +322,65 @@ def _take_lock(path, out):
         f.close()
 
 
+def _open_lock(path, out):
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise UserError(f"--out {out}: {path} is a symbolic link; a lock file is never followed: "
+                            f"remove it") from None
+        raise UserError(f"--out {out}: cannot write there ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "has another name (a hard link)" if stat.S_ISREG(st.st_mode) else "is not a regular file"
+        raise UserError(f"--out {out}: {path} {what}; the lock would truncate it: remove it")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a+")
+
+
+def _check_names(out):
+    """Each name the run writes a file under must be free, a file, or a link (a rename replaces it)."""
+    for name in RESULT_FILES + STATE_FILES + MODEL_FILES + (LOCK,):
+        try:
+            mode = os.lstat(os.path.join(out, name)).st_mode
+        except FileNotFoundError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise UserError(f"--out {out}: {name} is a directory or a device, where the run writes a file; move it")
+    for name in RESULT_DIRS:
+        path = os.path.join(out, name)
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+            raise UserError(f"--out {out}: {name} is not a directory of its own (a link, or a file); "
+                            f"the run writes in it: move it")
+
+
+def _remove_ours(directory, ours) -> list:
+    """Remove the regular files under `directory` for which ours(relative path) holds, and the
+    folders left empty; return the paths of what stays. Links are never followed."""
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        return []
+    kept = []
+    for root, dirs, files in os.walk(directory, topdown=False):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(path).st_mode) and ours(os.path.relpath(path, directory)):
+                os.remove(path)
+            else:
+                kept.append(path)
+        if not os.listdir(root):
+            os.rmdir(root)
+    return kept
+
+
 def _check_room(out, need_bytes):
+    # `ulimit -f` (RLIMIT_FSIZE) caps each file this process writes: resume.pt, the largest,
+    # is about the half of need_bytes that is not the final model (checkpoint.bytes_needed).
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < need_bytes // 3:
+        raise UserError(f"--out {out}: files are limited to {limit / 2**20:,.0f} MB (ulimit -f), but resume.pt "
+                        f"needs about {need_bytes / 3 / 2**20:,.0f} MB; raise the limit (ulimit -f unlimited)")
     free = shutil.disk_usage(out).free
     if free < need_bytes:
         raise UserError(f"--out {out}: {free / 2**20:,.0f} MB free on its disk, but the checkpoint and "
@@ -274,7 +389,7 @@ def _check_room(out, need_bytes):
 
 def run_status(directory) -> dict:
     """status.json of a run directory, with "running" corrected to "stopped" when no process holds the lock."""
-    status = read_json(os.path.join(directory, STATUS), {}) or {}
+    status = read_json(os.path.join(directory, STATUS), {}, kind=dict)
     if status.get("status") in ("running", "saving") and not _locked(os.path.join(directory, LOCK)):
         status = {**status, "status": "stopped",
                   "reason": f"killed while {status['status']} (no process holds the lock)"}
@@ -283,10 +398,10 @@ def run_status(directory) -> dict:
 
 def _locked(path) -> bool:
     try:
-        with open(path) as f:
+        with open(path, opener=lambda p, _: os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except FileNotFoundError:
-        return False
     except BlockingIOError:
         return True
+    except OSError:  # no lock file, or a planted link: nobody holds it
+        return False
     return False

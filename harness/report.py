@@ -150,7 +150,9 @@ class Logger:
         shown = {k: v for k, v in entry.items() if k != "step"}
         self.print(log_line(shown))
         if self.jsonl:
-            with open(self.jsonl, "a", encoding="utf-8") as f:
+            # O_NOFOLLOW: a link planted as log.jsonl is refused, never appended through.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            with open(self.jsonl, "a", encoding="utf-8", opener=lambda p, _: os.open(p, flags, 0o666)) as f:
                 f.write(json.dumps(entry) + "\n")  # flushed on close: a kill after this keeps the line
         if self.tensorboard_dir and self.tensorboard is None:
             self.tensorboard = summary_writer_class()(log_dir=self.tensorboard_dir)

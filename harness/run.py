@@ -12,7 +12,8 @@ reason where there was a choice:
     model          weights.load_checkpoint, the memory options given to its constructor
                    (some depend on the block size); with --lora, adapters added and
                    everything else frozen (lora.py)
-    tokenizer      the checkpoint's own files, else GPT-2's (tokenizer.py)
+    tokenizer      the checkpoint's own tokenizer.json or vocab.json + merges.txt, else
+                   GPT-2's (tokenizer.py); the run directory carries the same files on
     blocks         data.build_datasets: the text cut into blocks of block_size tokens
     micro-batch    batch.choose_batch: --batch-size auto and --effective-batch
     cfg            the TrainConfig: every number the loop needs
@@ -24,6 +25,7 @@ same download would corrupt it, and tokenizing N times is wasted time).
 
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 
@@ -75,6 +77,7 @@ class Run:
 def setup(args, lr) -> Run:
     """The model, its data and the TrainConfig of one run at learning rate `lr`."""
     dist, device = distributed.setup(args.device)
+    check_compiler(args.compile)
     precision, why = resolve_precision(args.precision, device)
     use_tf32(device)
     loss_chunk, chunk_why = pick_loss_chunk(args.loss_chunk, device)
@@ -105,6 +108,7 @@ def setup(args, lr) -> Run:
              f"precision {precision}: {why}{eval_note(precision, cfg.eval_precision)}",
              f"loss: {chunk_why}", f"attention: {recompute_why}", *training_notes(args, model, cfg, steps)]
     notes += [batch_note] if batch_note else []
+    notes += [tokenizer.describe()]
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
 
 
@@ -132,6 +136,17 @@ def auto_log_every(asked, total_steps) -> int:
     run_clm's fixed 500 logs nothing at all in a run of fewer steps: no curve to draw.
     """
     return asked if asked != "auto" else max(1, total_steps // 50)
+
+
+def check_compiler(compile_asked):
+    """--compile: torch.compile writes C++ (on the CPU) or Triton code and compiles it; without
+    a compiler it fails at the first step, after the model and data were loaded. Said now."""
+    if not compile_asked:
+        return
+    candidates = [os.environ.get("CXX"), os.environ.get("CC"), "g++", "c++", "clang++", "gcc", "cc"]
+    if not any(shutil.which(c) for c in candidates if c):
+        raise UserError("--compile needs a C/C++ compiler (torch.compile compiles the code it generates): "
+                        "install g++ (or set CXX), or leave --compile out")
 
 
 def load_data(args, tokenizer, block_size):

@@ -19,11 +19,10 @@ runs comparable and the sweep robust:
   (`check_inputs`): a missing training file is one error, not one failed run per rate.
 
 The exit status is 0 when at least one run completed, 1 when all failed, and 130
-when Ctrl-C interrupted a run (the sweep stops there; that run can be resumed alone).
+when Ctrl-C interrupted a run (143 for SIGTERM, ...) (the sweep stops there; that run can be resumed alone).
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -31,9 +30,9 @@ import sys
 from .compare import comparison_rows, format_table
 from .textfiles import read_texts
 from gpt2.errors import UserError
-from gpt2.files import write_json
+from gpt2.files import read_json, write_json
 from .hub import ALIASES, is_hub_id, resolve
-from .outdir import check
+from .outdir import check, run_status
 from .report import format_lr
 
 
@@ -95,10 +94,9 @@ def mark_failed(directory: str, message: str, run_args: dict) -> None:
 
 
 def _finite_train_loss(directory) -> bool:
-    try:
-        with open(os.path.join(directory, "train_results.json"), encoding="utf-8") as f:
-            loss = json.load(f).get("train_loss")  # json reads NaN and Infinity as floats
-    except (OSError, ValueError, AttributeError):
+    try:  # (json reads NaN and Infinity as floats)
+        loss = read_json(os.path.join(directory, "train_results.json"), {}, kind=dict).get("train_loss")
+    except UserError:
         return True  # nothing to judge by: leave the verdict to the table
     return not isinstance(loss, float) or math.isfinite(loss)
 
@@ -106,7 +104,7 @@ def _finite_train_loss(directory) -> bool:
 def sweep(plan, run, run_args=None, is_main=True, print_fn=print) -> int:
     """Run `run(lr, directory)` for each (lr, directory) of `plan`, then print the table.
 
-    `run` returns an exit status (0 done, 130 interrupted) or raises UserError when the
+    `run` returns an exit status (0 done, 128 + a signal's number interrupted) or raises UserError when the
     run failed. `run_args` (model, epochs, ...) describes a failed run in the table.
     Returns the sweep's exit status (see the module docstring).
     """
@@ -126,18 +124,19 @@ def sweep(plan, run, run_args=None, is_main=True, print_fn=print) -> int:
                 mark_failed(directory, str(e), {**(run_args or {}), "lr": lr})
             done.append((directory, False))
             continue
-        if status == 130:
+        if status >= 128:  # a signal (Ctrl-C 130, SIGTERM 143, ...): the sweep stops there
             rest = ", ".join(format_lr(r) for r, _ in plan[i:])
             if is_main:
                 print_fn("sweep interrupted" + (f"; not started: --lr {rest}" if rest else ""))
-            return 130
+            return status
         if status == 0 and is_main and not _finite_train_loss(directory):
             # In fp16 a diverged run does not stop: the scaler skips every step whose
             # gradients are NaN, and the run "completes" with a NaN loss. Failed all the same.
             mark_failed(directory, "the training loss is NaN/inf (learning rate too high?); "
                                    "the fp16 scaler skipped the steps", {**(run_args or {}), "lr": lr})
             status = 1
-        elif status and is_main:
+        elif status and is_main and run_status(directory).get("status") != "done":
+            # (a run "done" without its final evaluation keeps its model and its verdict)
             mark_failed(directory, f"ended with exit status {status}", {**(run_args or {}), "lr": lr})
         done.append((directory, status == 0))
     if is_main:

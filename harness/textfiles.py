@@ -32,6 +32,7 @@ import os
 import sys
 
 from gpt2.errors import UserError
+from gpt2.files import BOUNDED, MAX_JSON_DEPTH, check_depth, open_regular, read_capped
 
 # How a file is read, by its extension, as run_clm picks the `datasets` loader.
 FORMATS = {".txt": "txt", ".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -39,12 +40,30 @@ FORMATS = {".txt": "txt", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
 # --- reading --------------------------------------------------------------------
 
-def _read_bytes(path) -> bytes:
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, not a text file")
+def max_text_bytes() -> int:
+    """The largest training file read: $GPT2_MAX_TEXT_MB megabytes (default 1024).
+
+    A file is read whole, decoded and split in memory (about 4 times its size at the
+    peak), so a cap that a user raises knowingly beats a run that ends in the kernel's
+    out-of-memory killer, or a link to /dev/zero that is read for ever.
+    """
+    value = os.environ.get("GPT2_MAX_TEXT_MB", "1024")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        mb = float(value)
+    except ValueError:
+        mb = -1
+    if not 0 < mb < 2**40:
+        raise UserError(f"GPT2_MAX_TEXT_MB={value}: not a positive number of megabytes")
+    return int(mb * 2**20)
+
+
+def _read_bytes(path) -> bytes:
+    """The bytes of a regular file of at most max_text_bytes(): not a device, FIFO or directory."""
+    cap = max_text_bytes()
+    hint = " (GPT2_MAX_TEXT_MB raises the cap)"
+    try:
+        with open_regular(path, "text file", cap, hint) as f:
+            data = read_capped(f, path, cap, "text file", hint)  # it may grow while being read
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except OSError as e:
@@ -135,25 +154,45 @@ def _texts(source, text: str, fmt: str, keep_linebreaks: bool) -> list[str]:
 # --- JSON and CSV records ---------------------------------------------------------
 
 def _json_records(source, text: str):
-    """(the values in a JSON file, the line of each or None): one JSON list, or JSON lines."""
+    """(the values in a JSON file, the line of each or None): one JSON list, or JSON lines.
+
+    Numbers and nesting are bounded as in every JSON file read here (gpt2/files.py).
+    """
     if text.lstrip().startswith("["):
         try:
-            return json.loads(text), None
+            return check_depth(json.loads(text, **BOUNDED), source), None
+        except RecursionError:
+            check_depth(_deep(), source)
         except json.JSONDecodeError as e:
-            raise UserError(f"{source}: invalid JSON at line {e.lineno}, "
-                            f"column {e.colno}: {e.msg}") from None
+            if not e.msg.startswith("Extra data"):  # else: JSON lines whose first line is an array
+                raise UserError(f"{source}: invalid JSON at line {e.lineno}, "
+                                f"column {e.colno}: {e.msg}") from None
+        except ValueError as e:  # a number too long
+            raise UserError(f"{source}: invalid JSON: {e}") from None
     records, lines = [], []
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(check_depth(json.loads(line, **BOUNDED), f"{source}: line {number}"))
+        except RecursionError:
+            check_depth(_deep(), f"{source}: line {number}")
         except json.JSONDecodeError as e:
             raise UserError(f"{source}: invalid JSON at line {number}, column {e.colno}: "
                             f"{e.msg} (expected one object per line, or one list "
                             f"of objects)") from None
+        except ValueError as e:  # a number too long
+            raise UserError(f"{source}: invalid JSON at line {number}: {e}") from None
         lines.append(number)
     return records, lines
+
+
+def _deep():
+    """A value nested past the limit: check_depth's message for a RecursionError of the parser."""
+    value = []
+    for _ in range(MAX_JSON_DEPTH):
+        value = [value]
+    return value
 
 
 def _json_kind(value) -> str:

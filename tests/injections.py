@@ -11,11 +11,16 @@ moment of a run (torchrun passes the environment on to its workers):
     CTRL_C_EVAL=n       Ctrl-C as the n-th evaluation starts (during training or the final one)
     CTRL_C_SAVE=k       k Ctrl-C while the final model.safetensors is written (complete, not renamed)
     KILL_IN_WEIGHTS=1   SIGKILL at that same moment
+    FULL_WEIGHTS=1      the disk fills while model.safetensors is written (safetensors' own error)
     CTRL_C_STATE_AT=s   Ctrl-C twice while the state of step s is written (not yet renamed)
     KILL_STATE_AT=s     SIGKILL at that moment
+    FULL_STATE_AT=s     the disk fills while that state is written (torch's own error)
     CTRL_C_SETUP=1      Ctrl-C while the data is loaded, before the run has begun
     KILL_AT_JSON=name   SIGKILL when the final save is about to write that JSON file
     SLEEP_MARKER=path   during step 2, create that file and sleep (a run that holds its --out)
+    STEP_MARKER=path    during step 2, create that file and wait 1 s (a signal from outside lands then)
+    SIGNAL_AT_EVAL=n    send this process signal SIG (a number) as the n-th evaluation starts
+    EVAL_FAILS=1        every evaluation runs out of memory (as at --eval-batch-size 8 after 2)
     PROBE_OUT=dir       (torchrun) each rank writes rankN.json: its all-reduces and random seed
     RANK1_FAIL_AT=s     (torchrun) rank 1 raises a UserError at step s
     RANK1_CTRL_C_AT=s   (torchrun) Ctrl-C to rank 1 alone at step s
@@ -86,11 +91,16 @@ def install_run_faults():
 
     evaluations = [0]
 
-    def count_evaluation(*a):
+    def at_each_evaluation(*a):
         evaluations[0] += 1
         if evaluations[0] == env("CTRL_C_EVAL"):
             ctrl_c()
-    before(evaluation, "eval_sums", count_evaluation)
+        if evaluations[0] == env("SIGNAL_AT_EVAL"):
+            os.kill(os.getpid(), int(os.environ["SIG"]))
+            time.sleep(0.05)
+        if os.environ.get("EVAL_FAILS"):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes")
+    before(evaluation, "eval_sums", at_each_evaluation)
 
     def while_saving_weights(tensors, path, *a):
         if os.sep + "best" + os.sep not in str(path):
@@ -99,7 +109,15 @@ def install_run_faults():
             ctrl_c(max(0, env("CTRL_C_SAVE", 0)))
     after_function(weights, "save_file", while_saving_weights)
 
+    def disk_full_for_weights(*a):
+        if env("FULL_WEIGHTS") == 1:
+            from safetensors import SafetensorError
+            raise SafetensorError("I/O error: No space left on device (os error 28)")
+    before(weights, "save_file", disk_full_for_weights)
+
     def while_saving_state(obj, f, *a):
+        if isinstance(obj, dict) and ".tmp-" in str(f) and obj.get("step") == env("FULL_STATE_AT"):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 704 vs 598")  # torch's
         if isinstance(obj, dict) and ".tmp-" in str(f):
             if obj.get("step") == env("KILL_STATE_AT"):
                 kill()
@@ -115,6 +133,12 @@ def install_run_faults():
             open(os.environ["SLEEP_MARKER"], "w").close()
             time.sleep(120)
     after(Trainer, "optimizer_step", hold_the_directory)
+
+    def wait_for_a_signal(t, *a):
+        if t.step == 1 and os.environ.get("STEP_MARKER"):
+            open(os.environ["STEP_MARKER"], "w").close()
+            time.sleep(1.0)
+    after(Trainer, "optimizer_step", wait_for_a_signal)
 
 
 def after_function(module, name, action):

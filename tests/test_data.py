@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import gpt2.files as gpt2_files
 from gpt2 import data
 from harness import datasets, textfiles
 from gpt2.errors import UserError
@@ -471,9 +472,10 @@ def test_info_fingerprints_the_files(tok, tmp_path, monkeypatch):
     train = write(tmp_path / "train.txt", "one two three four five six\n" * 3)
     val = write(tmp_path / "val.jsonl", '{"text": "seven eight nine ten"}\n')
     cache = str(tmp_path / "cache")
-    # Count how often harness/textfiles.py opens each file (a module global shadows the builtin).
+    # Count how often gpt2/files.py (open_regular, for textfiles.py) opens each file (a module
+    # global shadows the builtin).
     opened = []
-    monkeypatch.setattr(textfiles, "open", lambda f, *a, **k: opened.append(str(f)) or open(f, *a, **k),
+    monkeypatch.setattr(gpt2_files, "open", lambda f, *a, **k: opened.append(str(f)) or open(f, *a, **k),
                         raising=False)
     for _ in range(2):                                # a cache miss, then a hit
         opened.clear()

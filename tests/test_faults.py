@@ -595,16 +595,17 @@ def test_disk_without_room_is_refused_before_training(capsys, tiny, text, cache,
 
 
 @pytest.mark.parametrize("case", ["resume.pt", "model.safetensors"])
-def test_disk_full_during_a_save(capsys, procs, tiny, text, cache, tmp_path, case):
-    """A disk that fills while resume.pt (19 MB here) or model.safetensors (6.5 MB) is written:
-    one line naming the file, exit != 0, the previous resume.pt whole and resumable, no file
-    half-written under its final name, no temporary file left."""
+def test_disk_full_during_a_save(capsys, procs, patched, tiny, text, cache, tmp_path, case):
+    """A disk that fills while resume.pt or model.safetensors is written (the libraries' own errors:
+    torch's RuntimeError, safetensors' SafetensorError): one line naming the file, exit != 0, the
+    previous resume.pt whole and resumable, no file half-written under its final name, no
+    temporary file left."""
     out = tmp_path / "out"
     args = base_args(tiny, text, cache, out, 4, "--save-every", 3)
     # resume.pt of step 2 (the next save, step 3, must fail) / of step 3 (the final save must fail)
-    at, limit = (2, 10 * 2**20) if case == "resume.pt" else (3, 2**20)
+    at, env = (2, {"FULL_STATE_AT": "3"}) if case == "resume.pt" else (3, {"FULL_WEIGHTS": "1"})
     interrupted_run(capsys, args, at=at)
-    p = procs.run(ROOT / "train.py", *args, "--resume", fsize=limit)  # writes past it fail with EFBIG
+    p = procs.run(patched, *args, "--resume", env=env)
     assert p.returncode not in (0, 130) and p.returncode > 0, p.stderr
     one_line_error(p, p.returncode, case)
     assert state_step(out / "resume.pt") == at
@@ -614,6 +615,18 @@ def test_disk_full_during_a_save(capsys, procs, tiny, text, cache, tmp_path, cas
     p = ok(train(capsys, *args, "--resume"))  # with room again: the run goes on from the kept state
     assert f"resuming at step {at} of 4" in p.stdout
     assert_finite_model(out)
+
+
+def test_file_size_limit_below_resume_pt_is_refused_before_training(capsys, procs, tiny, text, cache, tmp_path):
+    """`ulimit -f` below the size of resume.pt (19 MB here) would lose the run at its first save,
+    like a full disk: refused before the first step, in one line; the interrupted state stays."""
+    out = tmp_path / "out"
+    args = base_args(tiny, text, cache, out, 4)
+    interrupted_run(capsys, args, at=2)
+    p = procs.run(ROOT / "train.py", *args, "--resume", fsize=10 * 2**20)
+    one_line_error(p, 2, "ulimit -f")
+    assert not trained(p.stdout)
+    assert state_step(out / "resume.pt") == 2 and run_status(out)["status"] == "interrupted"
 
 
 # === 4. Two runs on one --out ===========================================================
@@ -692,9 +705,10 @@ def test_overwrite_removes_the_old_results_before_the_new_run(capsys, tiny, text
            "resume.pt": "old state", "resume-4.pt": "older state"}
     for name, content in old.items():
         (out / name).write_text(content)
-    for d in ("best", "runs/old-session"):
-        (out / d).mkdir(parents=True)
-        (out / d / "model.safetensors").write_text("old")
+    (out / "best").mkdir()
+    (out / "best" / "model.safetensors").write_text("old")
+    (out / "runs" / "old-session").mkdir(parents=True)  # TensorBoard's: event files only
+    (out / "runs" / "old-session" / "events.out.tfevents.1.host").write_text("old")
     (out / "notes.txt").write_text("mine")
     seen = {}
     original = Trainer.optimizer_step

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import hub
+from harness import download, hub
 from gpt2.errors import UserError
 
 
@@ -335,12 +335,12 @@ def test_ctrl_c_keeps_a_resumable_part(fake_hub, tmp_path, monkeypatch):
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    check_content = hub._check_content
-    monkeypatch.setattr(hub, "_check_content", interrupt)  # Ctrl-C just before the rename
+    check_content = download._check_content
+    monkeypatch.setattr(download, "_check_content", interrupt)  # Ctrl-C just before the rename
     with pytest.raises(KeyboardInterrupt):
         hub.resolve("org/tiny", weights_dir=str(tmp_path))
     assert (tmp_path / "org" / "tiny" / "config.json.part").exists()
-    monkeypatch.setattr(hub, "_check_content", check_content)
+    monkeypatch.setattr(download, "_check_content", check_content)
     fake_hub.requests.clear()
     assert_tiny_repo(hub.resolve("org/tiny", weights_dir=str(tmp_path)))
     assert fake_hub.requests[0] == (CONFIG, f"bytes={len(fake_repo('org/tiny')[CONFIG])}-")
@@ -354,7 +354,7 @@ def test_checksum_mismatch_removes_the_file(fake_hub, tmp_path, monkeypatch, wro
     size, sha = len(WEIGHTS), hashlib.sha256(WEIGHTS).hexdigest()
     bad = (size, "0" * 64) if wrong == "sha" else (size + 1, sha)
     known = {("org/tiny", "model.safetensors"): bad}
-    monkeypatch.setattr(hub, "KNOWN_FILES", known)
+    monkeypatch.setattr(download, "KNOWN_FILES", known)
     with pytest.raises(UserError) as e:
         hub.resolve("org/tiny", weights_dir=str(tmp_path))
     msg = one_line(e)
@@ -368,7 +368,7 @@ def test_checksum_mismatch_removes_the_file(fake_hub, tmp_path, monkeypatch, wro
 def test_matching_checksum_passes(fake_hub, tmp_path, monkeypatch):
     fake_hub.files.update(fake_repo("org/tiny"))
     known = {("org/tiny", "model.safetensors"): (len(WEIGHTS), hashlib.sha256(WEIGHTS).hexdigest())}
-    monkeypatch.setattr(hub, "KNOWN_FILES", known)
+    monkeypatch.setattr(download, "KNOWN_FILES", known)
     assert_tiny_repo(hub.resolve("org/tiny", weights_dir=str(tmp_path)))
 
 
@@ -398,11 +398,11 @@ def test_announced_size_over_the_cap_is_refused(fake_hub, tmp_path, filename):
 def test_weights_cap_from_config(tmp_path):
     config = tmp_path / "config.json"
     config.write_text('{"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12}')
-    assert hub._weights_cap(str(config)) == 124_439_808 * 8 + hub.HEADER_SLACK  # GPT-2's 124M
-    assert hub._weights_cap(str(config)) > 548_105_171  # the real file fits
+    assert download._weights_cap(str(config)) == 124_439_808 * 8 + download.HEADER_SLACK  # GPT-2's 124M
+    assert download._weights_cap(str(config)) > 548_105_171  # the real file fits
     config.write_text('{"n_embd": "768"}')
     with pytest.raises(UserError) as e:
-        hub._weights_cap(str(config))
+        download._weights_cap(str(config))
     assert str(config) in one_line(e)
 
 
@@ -411,8 +411,8 @@ def test_trickle_is_stopped(fake_hub, tmp_path, monkeypatch, etags):
     fake_hub.files.update(fake_repo("org/tiny"))
     fake_hub.etags = etags
     fake_hub.trickle.add(MODEL)  # one byte every 0.2 s
-    monkeypatch.setattr(hub, "STALL_WINDOW_S", 0.5)
-    monkeypatch.setattr(hub, "MIN_BYTES_PER_S", 100)
+    monkeypatch.setattr(download, "STALL_WINDOW_S", 0.5)
+    monkeypatch.setattr(download, "MIN_BYTES_PER_S", 100)
     t0 = time.monotonic()
     with pytest.raises(UserError) as e:
         hub.resolve("org/tiny", weights_dir=str(tmp_path))
@@ -555,7 +555,7 @@ def test_disk_full(fake_hub, tmp_path, monkeypatch):
             path = "/dev/full"
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(hub, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(download, "open", full_disk_open, raising=False)
     with pytest.raises(UserError) as e:
         hub.resolve("org/tiny", weights_dir=str(tmp_path))
     assert one_line(e) == f"cannot write {part} ({os.strerror(errno.ENOSPC)})"
@@ -601,7 +601,7 @@ def test_garbage_endpoint_message(monkeypatch):
 
 def test_alias(fake_hub, tmp_path, monkeypatch):
     fake_hub.files.update(fake_repo("openai-community/gpt2"))
-    monkeypatch.setattr(hub, "KNOWN_FILES", {})  # the fake weights are not the real 548 MB
+    monkeypatch.setattr(download, "KNOWN_FILES", {})  # the fake weights are not the real 548 MB
     # A folder named gpt2 in the working directory (like the package at the repo
     # root) must not be mistaken for the model.
     monkeypatch.chdir(tmp_path)
