@@ -11,6 +11,8 @@
         evaluate                                every --eval-every steps: best model, --patience
         save a resumable state                  every --save-every steps (checkpoint.py)
         stop?                                   early stopping, or a signal (Ctrl-C, SIGTERM)
+                                                (on the CPU, a signal during a forward pass
+                                                drops that step: see `train`)
     settle: the last losses, the best weights back, the train metrics
 
 It returns one stop reason:
@@ -43,6 +45,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from .checkpoint import rng_state, set_rng_state
 from .errors import NonFiniteLoss
 from .evaluation import is_better
 
@@ -127,8 +130,21 @@ def train(trainer, val_blocks, hooks: Hooks, history: History | None = None):
     hooks.print(t.describe())
     start_step, t0, reason = t.step, time.time(), None
     history.session_start = t0
+    # On the CPU a step of GPT-2 124M takes tens of seconds, and a scheduler's grace after
+    # SIGTERM is about 30: a signal that arrives during a forward pass drops the step
+    # (nothing has changed yet) instead of waiting for its backward. The random state from
+    # before the step is put back, so the resumed run draws the same dropout masks. Not
+    # under torchrun (every process must join each step's all-reduce), nor on a GPU
+    # (steps are short there).
+    can_drop = t.device.type == "cpu" and not t.dist.enabled
     while t.step < t.total_steps and reason is None:
-        loss, grad_norm = t.optimizer_step(t.step_micro_batches(t.step))
+        rng = rng_state(t.device) if can_drop else None
+        result = t.optimizer_step(t.step_micro_batches(t.step), stop=hooks.stop_requested if can_drop else None)
+        if result is None:  # dropped: a signal came during a forward pass
+            set_rng_state(rng, t.device)
+            reason = "interrupted"
+            break
+        loss, grad_norm = result
         t.step += 1
         hooks.after_step(t)
 

@@ -247,8 +247,13 @@ class Trainer:
         return mine
 
     # --- one optimizer step: accumulation, scaler, clipping, AdamW, schedule ---------
-    def optimizer_step(self, micro_batches: list[MicroBatch]):
-        """One optimizer step over these micro-batches; (the step's mean loss, grad norm), on the device."""
+    def optimizer_step(self, micro_batches: list[MicroBatch], stop=None):
+        """One optimizer step over these micro-batches; (the step's mean loss, grad norm), on the device.
+
+        `stop`, if given, is asked after each forward pass: if it says yes, the step is
+        dropped before any weight has changed, and None is returned (loop.py: a signal need
+        not wait for a long backward on the CPU).
+        """
         model, cfg = self.step_model, self.cfg
         model.train()
         step_loss = torch.zeros((), device=self.device)
@@ -264,6 +269,9 @@ class Trainer:
                     # name holding the (b, T, vocab) logits would keep them alive through
                     # backward, hundreds of MB that autograd itself does not need.)
                     loss = model(x, labels=x)[1]
+                if stop is not None and stop():
+                    self.optimizer.zero_grad(set_to_none=True)  # this step's partial gradients
+                    return None
                 self.scaler.scale(loss * mb.weight * self.dist.world_size).backward()
             step_loss += loss.detach() * mb.weight  # stays on the device: no sync here
 

@@ -21,6 +21,7 @@ moment of a run (torchrun passes the environment on to its workers):
     STEP_MARKER=path    during step 2, create that file and wait 1 s (a signal from outside lands then)
     SIGNAL_AT_EVAL=n    send this process signal SIG (a number) as the n-th evaluation starts
     EVAL_FAILS=1        every evaluation runs out of memory (as at --eval-batch-size 8 after 2)
+    SIGNAL_IN_FORWARD=s send this process signal SIG during the forward pass of step s
     PROBE_OUT=dir       (torchrun) each rank writes rankN.json: its all-reduces and random seed
     RANK1_FAIL_AT=s     (torchrun) rank 1 raises a UserError at step s
     RANK1_CTRL_C_AT=s   (torchrun) Ctrl-C to rank 1 alone at step s
@@ -139,6 +140,16 @@ def install_run_faults():
             open(os.environ["STEP_MARKER"], "w").close()
             time.sleep(1.0)
     after(Trainer, "optimizer_step", wait_for_a_signal)
+
+    def signal_in_forward(t, *a):
+        fired = []
+
+        def hook(module, inputs):
+            if t.step + 1 == env("SIGNAL_IN_FORWARD") and not fired:
+                fired.append(True)
+                os.kill(os.getpid(), int(os.environ["SIG"]))
+        t.model.transformer.h[0].register_forward_pre_hook(hook)  # in the middle of the forward pass
+    after(Trainer, "__init__", signal_in_forward)
 
 
 def after_function(module, name, action):

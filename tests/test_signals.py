@@ -75,6 +75,22 @@ def test_sigterm_from_outside_keeps_a_resumable_state_and_resume_is_exact(procs,
     assert not (out / "resume.pt").exists() and not (out / "status.json").exists()
 
 
+def test_sigterm_during_a_forward_pass_drops_the_step_and_resume_is_exact(procs, script, tiny, text, cache,
+                                                                          tmp_path):
+    """On the CPU a signal does not wait for the step's backward: SIGTERM during the forward pass of
+    step 3 drops that step, resume.pt holds step 2 (and the random state from before step 3), and
+    --resume ends with the weights of a straight run, bit for bit."""
+    out = tmp_path / "out"
+    args = [*base_args(tiny, text, cache, out, 5), "--dropout", "0.1"]  # dropout: the random state matters
+    p = procs.run(script, *args, env={"SIGNAL_IN_FORWARD": "3", "SIG": str(int(signal.SIGTERM))})
+    signal_exit(p, signal.SIGTERM, "SIGTERM")
+    assert "interrupted at step 2" in p.stdout and state_step(out / "resume.pt") == 2
+    ok(procs.run(ROOT / "train.py", *args, "--resume"))
+    ok(procs.run(ROOT / "train.py", *[*base_args(tiny, text, cache, tmp_path / "straight", 5), "--dropout", "0.1"]))
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("sig,name", [(signal.SIGHUP, "SIGHUP"), (signal.SIGUSR1, "SIGUSR1")])
 def test_sighup_and_sigusr1_mean_the_same(procs, script, tiny, text, cache, tmp_path, sig, name):
     """A closed SSH session (SIGHUP), SLURM's warning (SIGUSR1): resume.pt, exit 128 + the signal."""
