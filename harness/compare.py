@@ -100,10 +100,10 @@ def validation_text(args, fresh_source=None) -> str | None:
     return f"last {percent:g}% of {train}"
 
 
-def _eval_setting(args, fresh_source):
-    """What an eval_loss depends on besides the model: the text (and its bytes) and the block size."""
+def _eval_setting(args):
+    """What a saved eval_loss depends on besides the model: the text (and its bytes) and the block size."""
     data = args.get("data") or {}
-    text = fresh_source or data.get("validation_sha256") or (validation_text(args), data.get("train_sha256"))
+    text = data.get("validation_sha256") or (validation_text(args), data.get("train_sha256"))
     return text, args.get("block_size"), args.get("max_eval_samples")
 
 
@@ -140,7 +140,8 @@ def comparison_rows(dirs, fresh_eval=None, fresh_source=None) -> list[dict]:
             "effective_batch": args.get("effective_batch"),
             "precision": args.get("precision"),
             "validation": validation_text(args, fresh_source if d in fresh_eval else None),
-            "eval_setting": _eval_setting(args, fresh_source if d in fresh_eval else None),
+            # Rows measured just now were all measured by one command, on one text.
+            "eval_setting": ("measured now", fresh_source) if d in fresh_eval else _eval_setting(args),
             "train_loss": results.get("train_loss"),
             "eval_loss": results.get("eval_loss"),
             "perplexity": results.get("perplexity"),

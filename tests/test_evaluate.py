@@ -425,6 +425,7 @@ def test_cli_fresh_evaluation_of_several_models(setup, runs, tmp_path, capsys):
     assert out.count("***** eval metrics *****") == 2
     want = setup.metrics
     table = out.splitlines()[-2:]
+    assert "not comparable" not in out  # one text, one command
     assert table[0].startswith("trained") and "base model" in table[0]
     assert table[1].startswith("finetuned") and "2.6984" in table[1]  # its saved train_loss
     assert str(round(want["eval_loss"], 4)) in table[0] and str(round(want["eval_loss"], 4)) in table[1]
