@@ -17,6 +17,7 @@ import sys
 import torch
 
 from gpt2 import checkpoint, loop
+from gpt2.distributed import leave_together
 from gpt2.errors import NonFiniteLoss, UserError, out_of_memory, run_cli
 from gpt2.evaluation import evaluate
 from gpt2.lora import adapter_dir, merged_model, save_adapter
@@ -34,6 +35,13 @@ from harness.signals import Interrupt
 def main(argv=None):
     args = train_parser().parse_args(argv)
     lrs = check_flags(args)
+    code = run_mode(args, lrs)
+    leave_together()  # under torchrun: every process leaves the group at once
+    return code
+
+
+def run_mode(args, lrs):
+    """What the flags ask for: a plan, a range test, an evaluation, a sweep, or one run."""
     if args.plan:
         return plan.main(args)
     if args.find_lr:
