@@ -27,10 +27,8 @@ never what it computes; skip them on a first reading:
 
 * `checkpointing`: keep only each block's input, and recompute the block's inside
   during backward (a second forward pass through every block, ~30% more time).
-* `attention_recompute`: the same for attention's T x T part only. On the CPU with
-  attention dropout it keeps just the dropout mask and rebuilds the softmax in backward
-  (attention.py: why, and the memory it saves); on CUDA it recomputes the fused kernel
-  under checkpoint. train.py turns it on for the CPU at long blocks (run.pick_attention_recompute).
+* `attention_recompute`: the same for attention's T x T part only (attention.py: on
+  the CPU it keeps just the dropout mask; train.py's default at long CPU blocks).
 * `loss_chunk`: the LM head and the loss a chunk of positions at a time (loss.py).
 
 Module and parameter names follow Hugging Face's `GPT2LMHeadModel` (transformer.wte,
