@@ -108,9 +108,7 @@ def train(args, lr):
 def resume(trainer, history, state, data_info, hooks):
     """Continue from a resumable state: the trainer, the history, and log.jsonl cut back to it."""
     checkpoint.load(trainer, history, state, data_info)
-    hooks.logger.rewrite(history.log)  # the lines logged after this state are gone
-    hooks.saved_step = trainer.step
-    hooks.print(f"resuming at step {trainer.step} of {trainer.total_steps}")
+    hooks.resumed(trainer, history)
 
 
 def checked_state(args, lr):

@@ -42,11 +42,15 @@ class RunHooks(Hooks):
         self.save_model = save_model  # writes a complete model directory (train.py)
         self.data = data              # the training text's fingerprint, kept in the state
         self.run_args = run_args or {}  # run_args.json, also written into each checkpoint folder
-        self.saved_step = None        # the step of OUT/resume.pt, once this run has one
         self.show_progress = progress and dist.is_main
         self.bar = self.lines = None
         self.timing = None            # (step, time) after this session's first step, for the estimate
         self.last_loss = None         # the last logged loss, for the progress lines
+
+    def resumed(self, trainer, history):
+        """A run continued from a state: log.jsonl holds exactly its history again."""
+        self.logger.rewrite(history.log)  # the lines logged after this state are gone
+        self.print(f"resuming at step {trainer.step} of {trainer.total_steps}")
 
     def print(self, text):
         if self.dist.is_main:
@@ -67,7 +71,6 @@ class RunHooks(Hooks):
             checkpoint.write(state, path)
             if not self.interrupt.requested:  # a periodic save, not the one a signal asked for
                 self.save_checkpoint_folder(trainer, history, path)
-        self.saved_step = trainer.step
         self.dist.barrier()  # the others wait until the files are written
 
     def save_checkpoint_folder(self, trainer, history, state_path):
