@@ -16,31 +16,30 @@ import sys
 
 import torch
 
-from gpt2 import checkpoint, loop
+from gpt2 import checkpoint, loop, settings
 from gpt2.distributed import leave_together
 from gpt2.errors import NonFiniteLoss, UserError, out_of_memory, run_cli
-from gpt2.evaluation import evaluate
-from gpt2.lora import adapter_dir, merged_model, save_adapter
+from gpt2.evaluation import evaluate_shared
 from gpt2.loop import History
 from gpt2.trainer import Trainer
-from gpt2.weights import save_checkpoint
-from harness import hub, lr_finder, outdir, plan, sweep
-from harness.cli import train_parser
+from harness import lr_finder, outdir, plan
+from harness.cli import check_train_flags, train_parser, wants_tensorboard
 from harness.hooks import RunHooks, bytes_needed
-from harness.report import Logger, metrics_block, summary_writer_class
+from harness.report import Logger, metrics_block
 from harness.run import describe, setup
 from harness.signals import Interrupt
+from harness.sweep import Sweep
 
 
 def main(argv=None):
     args = train_parser().parse_args(argv)
-    lrs = check_flags(args)
-    code = run_mode(args, lrs)
+    check_train_flags(args)
+    code = run_mode(args)
     leave_together()  # under torchrun: every process leaves the group at once
     return code
 
 
-def run_mode(args, lrs):
+def run_mode(args):
     """What the flags ask for: a plan, a range test, an evaluation, a sweep, or one run."""
     if args.plan:
         return plan.main(args)
@@ -48,9 +47,22 @@ def run_mode(args, lrs):
         return lr_finder.main(args)
     if args.do_eval and not args.do_train:
         return evaluate_only(args)
-    if len(lrs) > 1:
-        return sweep.main(args, lrs, train)
-    return train(args, lrs[0])
+    if len(args.lr) > 1:
+        return sweep(args)
+    return train(args, args.lr[0])
+
+
+def sweep(args):
+    """--lr a,b,c: one ordinary run per rate, each in OUT/lr-<rate>/, then one table (harness/sweep.py)."""
+    runs = Sweep(args)
+    for lr, run_args in runs:
+        try:
+            status = train(run_args, lr)
+        except UserError as e:  # a failed run is a result: the next rate runs
+            status = e
+        if not runs.record(lr, status):
+            break  # a signal stopped this run: the sweep stops there
+    return runs.finish()
 
 
 def train(args, lr):
@@ -60,18 +72,11 @@ def train(args, lr):
     run = setup(args, lr)  # model, tokenizer, blocks, TrainConfig, device, processes
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks: each process its own
     out = outdir.RunDir(args.out, run.dist.is_main)
-
-    def save_model(directory):  # a complete model directory: weights, config, tokenizer (and adapter/)
-        save_checkpoint(merged_model(run.model) if args.lora else run.model, directory)
-        out.copy_tokenizer(run.tokenizer.files, directory)  # the model's own tokenizer, carried on
-        if args.lora:
-            save_adapter(run.model, adapter_dir(directory), base_model=args.model)
-
     interrupt = Interrupt(announce=run.dist.is_main)
     logger = Logger(out_dir=args.out, tensorboard=wants_tensorboard(args)) if run.dist.is_main else \
         Logger(print_fn=lambda *a, **k: None)
     trainer = Trainer(run.model, run.train_blocks, run.cfg, run.device, run.dist)
-    hooks = RunHooks(args.out, run.dist, logger, interrupt, save_model, run.data_info, run.cfg.progress,
+    hooks = RunHooks(args.out, run, logger, interrupt, base_model=args.model,
                      run_args=describe(args, run, trainer.total_steps))
     history = History(run.device)
     out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer))
@@ -89,7 +94,7 @@ def train(args, lr):
                 out.set_status("interrupted", step=trainer.step, signal=interrupt.name)
                 return interrupt.exit_code
             with interrupt.deferred():  # the trained model is written whole, even if Ctrl-C comes twice
-                save_run(out, save_model, describe(args, run, trainer.total_steps), train_metrics, history.log)
+                save_run(out, hooks, describe(args, run, trainer.total_steps), train_metrics, history.log)
             return evaluate_and_finish(out, trainer, run.val_blocks, train_metrics, interrupt, hooks)
     except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): stop at once
         out.record_failure("interrupted", f"{interrupt.name} twice")
@@ -117,7 +122,7 @@ def checked_state(args, lr):
     state = resume_state(args)
     outdir.check(args.out, args.overwrite, state)
     if state:
-        outdir.check_resume_flags(state, args, lr)
+        checkpoint.check_settings(state, settings.from_flags(args, lr=lr))
     return state
 
 
@@ -129,16 +134,12 @@ def resume_state(args):
     return os.path.join(args.out, "resume.pt") if args.resume else None
 
 
-def wants_tensorboard(args) -> bool:
-    return any(to in ("tensorboard", "all") for to in args.report_to)
-
-
-def save_run(out, save_model, run_args, train_metrics, log_history):
+def save_run(out, hooks, run_args, train_metrics, log_history):
     """The trained model first, then what describes it; status "saving" until it is all there."""
     out.set_status("saving")
     if out.is_main:
         print(metrics_block("train", train_metrics))
-        save_model(out.path)
+        hooks.save_model(out.path)
     out.write_json("run_args.json", run_args)
     out.write_json("train_results.json", train_metrics)
     out.write_json("log_history.json", log_history)
@@ -183,9 +184,8 @@ def evaluate_only(args):
     run = setup(args, lr=0.0)
     if run.val_blocks is None:
         raise UserError("--do_eval: no validation data (--validation-split 0 and no --validation-file)")
-    shard = run.val_blocks[run.dist.rank::run.dist.world_size]  # each process its share, the sums added up
-    metrics = evaluate(run.model.to(run.device), shard, run.cfg.eval_batch_size, run.device, run.cfg.eval_precision,
-                       reduce=run.dist.all_reduce_sum)
+    metrics = evaluate_shared(run.model.to(run.device), run.val_blocks, run.cfg.eval_batch_size, run.device,
+                              run.cfg.eval_precision, run.dist)
     if run.dist.is_main:
         print(metrics_block("eval", metrics))
         out = outdir.RunDir(args.out).claim(add=True)  # results beside whatever is there
@@ -194,43 +194,6 @@ def evaluate_only(args):
         finally:
             out.release()
     return 0
-
-
-def check_flags(args):
-    """Combinations that cannot work, refused before anything is loaded; the learning rates."""
-    hub.check_endpoint()
-    lrs = parse_lrs(args.lr)
-    for lr in lrs:
-        if lr * args.weight_decay >= 1:
-            raise UserError(f"--weight-decay {args.weight_decay:g} with --lr {lr:g}: each step would multiply the "
-                            f"weights by 1 - lr x weight_decay <= 0; use a weight decay below {1 / lr:g}")
-    evaluating = args.eval_strategy in ("steps", "epoch") or (args.eval_strategy is None and args.eval_every)
-    if (args.save_best or args.patience) and not evaluating:
-        raise UserError("--save-best and --patience act on evaluations during training: add --eval-every N")
-    if args.resume and args.resume_from:
-        raise UserError("--resume continues --out; --resume-from-checkpoint continues a given state: pick one")
-    if args.resume_from and not os.path.isfile(outdir.state_file(args.resume_from)):
-        raise UserError(f"--resume-from-checkpoint {args.resume_from}: no resumable state there")
-    bad = [to for to in args.report_to if to not in ("none", "tensorboard", "all")]
-    if bad:
-        raise UserError(f"--report-to {' '.join(bad)}: only tensorboard is built in (or none)")
-    if wants_tensorboard(args):
-        summary_writer_class()  # a one-line error now if the package is missing, not after training
-    return lrs
-
-
-def parse_lrs(text):
-    """--lr: one learning rate, or a comma-separated list of them (a sweep)."""
-    parts = str(text).split(",")
-    if any(not v.strip() for v in parts):  # "1e-3,,1e-4" or "1e-3,": a value is missing
-        raise UserError(f"--lr {text}: an empty value in the comma-separated list")
-    try:
-        lrs = [float(v) for v in parts]
-    except ValueError:
-        raise UserError(f"--lr {text}: not a number or a comma-separated list of numbers") from None
-    if any(not (v > 0 and v != float("inf")) for v in lrs):
-        raise UserError(f"--lr {text}: the learning rate must be a positive number")
-    return lrs
 
 
 if __name__ == "__main__":

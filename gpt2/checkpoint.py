@@ -18,7 +18,9 @@ The data order is not stored: it is a function of (seed, epoch) (data.py,
 `epoch_permutation`), so the resumed run rebuilds it and skips the batches done.
 
 What else decides the weights must match too, or the resumed run would quietly be
-another run: the learning rate and every other number of the TrainConfig, the
+another run: the learning rate and every other setting that settings.py declares
+MATCH or AT_LOAD (an earlier check, `check_settings`, compares the flags' ones before
+any model is loaded), the
 training text (its sha256: the same text with its lines reversed has the same shape,
 not the same blocks), the model's shape and dropout, the LoRA adapters. `load`
 compares them and refuses a different command in one line that lists the differences.
@@ -26,7 +28,7 @@ compares them and refuses a different command in one line that lists the differe
 Three guarantees make the file trustworthy:
 * It is written atomically (files.py): a kill during the write leaves the previous
   state, never half of one. (Where the states go, and how many are kept, is the run
-  directory's business: harness/rundir.py.)
+  directory's business: harness/hooks.py and harness/checkpoints.py.)
 * No state whose weights hold a NaN or an infinity is ever written: a "last good
   checkpoint" must be good (loop.py checks the weights before every save).
 * It is loaded with `weights_only=True`, so a tampered file cannot run code when it
@@ -39,12 +41,9 @@ from dataclasses import asdict
 
 import torch
 
+from . import settings
 from .errors import UserError
 from .files import atomic_path, library_write
-
-# The TrainConfig numbers a resumed run must share with the interrupted one.
-MUST_MATCH = ("lr", "epochs", "max_steps", "batch_size", "seed", "weight_decay", "lr_scheduler", "warmup_steps",
-              "warmup_ratio", "max_grad_norm", "precision")
 
 
 def rng_state(device):
@@ -60,10 +59,6 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _config(t) -> dict:
-    return {k: v for k, v in asdict(t.cfg).items() if k != "progress"}
-
-
 def _lora(t) -> dict | None:
     config = getattr(t.model, "lora_config", None)  # set by lora.add_lora
     return asdict(config) if config is not None else None
@@ -72,28 +67,32 @@ def _lora(t) -> dict | None:
 def state_dict(t, history, data: dict) -> dict:
     """The resumable state of Trainer `t` and its History; `data` fingerprints the training text.
 
-    Under torchrun every process calls it (a collective): weights, optimizer and schedule
-    are the same on every process, but the random-number states and the losses not yet
-    logged differ, so those are gathered, one per process, by rank.
+    Each object gives its own part (Trainer.state_dict, History.state_dict); under
+    torchrun every process calls this (a collective: random states and unlogged
+    losses differ per process and are gathered by rank).
     """
-    parts = t.dist.all_gather_object((rng_state(t.device), history.window_loss.item()))
     return {
-        "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
-        "optimizer": t.optimizer.state_dict(),
-        "scheduler": t.scheduler.state_dict(),
-        "scaler": t.scaler.state_dict(),
-        "rng": [rng for rng, _ in parts], "world_size": t.dist.world_size,
-        "step": t.step, "skipped": t.skipped, "lr_used": t.lr_used,
-        # The unlogged steps' losses, one sum per process: added up in the same order
-        # as without the interruption, the log is the same.
-        "loss_sum": history.loss_sum, "window_loss": [w for _, w in parts], "window_steps": history.window_steps,
-        "log_history": history.log, "best": history.best, "bad_evals": history.bad_evals,
-        "train_seconds": history.trained_seconds(),  # all sessions', for the table of runs
-        "config": _config(t),
+        **t.state_dict(), **history.state_dict(t.dist),
+        "config": settings.record(t.cfg),
         # What else decides the weights: the data and the model (its dropout included).
         "data_shape": list(t.train_blocks.shape), "data": data,
         "model_config": asdict(t.model.config), "lora": _lora(t),
     }
+
+
+def check_settings(saved_path, flag_values: dict) -> None:
+    """--resume with other settings than the interrupted run: refused before the model and the
+    data are loaded. flag_values: the TrainConfig values the command's flags give
+    (settings.from_flags); those decided later (AT_LOAD) are compared by `load`."""
+    try:  # mmap: only the small config is read from a state of hundreds of MB
+        saved = torch.load(saved_path, map_location="cpu", weights_only=True, mmap=True).get("config")
+    except Exception:
+        return  # not readable here: load says why
+    if not isinstance(saved, dict):
+        return
+    diff = settings.differences(flag_values, saved, settings.must_match(at_load=False))
+    if diff:
+        raise UserError(f"--resume: this command differs from the interrupted run: {', '.join(diff)}")
 
 
 def write(state: dict, path: str) -> None:
@@ -104,8 +103,8 @@ def write(state: dict, path: str) -> None:
 
 def _differences(t, s, data) -> list[str]:
     """What in this command differs from the run saved in state `s`."""
-    mine, saved = _config(t), s["config"]
-    diff = [f"{k} {mine[k]!r} (saved: {saved.get(k)!r})" for k in MUST_MATCH if saved.get(k, mine[k]) != mine[k]]
+    saved = s["config"]
+    diff = settings.differences(settings.record(t.cfg), saved, settings.must_match())
     if s.get("data_shape", list(t.train_blocks.shape)) != list(t.train_blocks.shape):
         diff.append(f"training blocks {list(t.train_blocks.shape)} (saved: {s['data_shape']})")
     saved_data = s.get("data") or {}
@@ -199,24 +198,5 @@ def load(t, history, path, data: dict | None = None):
 
 
 def _apply(t, history, s):
-    t.model.load_state_dict(s["model"])
-    t.optimizer.load_state_dict(s["optimizer"])
-    t.scheduler.load_state_dict(s["scheduler"])
-    t.scaler.load_state_dict(s["scaler"])
-    rngs = s["rng"] if isinstance(s["rng"], list) else [s["rng"]]
-    if len(rngs) == t.dist.world_size:
-        set_rng_state(rngs[t.dist.rank], t.device)
-    # else: another number of processes, so other dropout streams anyway; each
-    # process keeps the generator seeded by train.py (seed + rank).
-    t.step, t.skipped, t.lr_used = s["step"], s["skipped"], s["lr_used"]
-    h = history
-    windows = s["window_loss"] if isinstance(s["window_loss"], list) else [s["window_loss"]]
-    if len(windows) == t.dist.world_size:
-        h.window_loss.fill_(windows[t.dist.rank])  # each process its own sum, as before
-    else:  # the whole sum goes to one process; the all-reduce at the next log adds the rest
-        h.window_loss.fill_(sum(windows) if t.dist.is_main else 0.0)
-    h.loss_sum, h.window_steps = s["loss_sum"], s["window_steps"]
-    h.log, h.bad_evals = s["log_history"], s["bad_evals"]
-    h.best = tuple(s["best"]) if s.get("best") else None
-    seconds = s.get("train_seconds")  # absent in states written before it was kept
-    h.earlier_seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
+    t.load_state_dict(s)
+    history.load_state_dict(s, t.dist)

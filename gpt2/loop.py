@@ -27,7 +27,7 @@ The loop reaches the world outside it (the terminal, the run directory, signals)
 only through `Hooks`: print and log a line, save a state, save or load the best
 weights, ask whether a stop was requested. The base class prints and saves nothing,
 so a notebook or a test trains with `train(trainer, val_blocks, Hooks())`;
-train.py passes harness/rundir.py's hooks, which write the run directory.
+train.py passes harness/hooks.py's RunHooks, which write the run directory.
 
 Why on the device: reading a GPU number (`.item()`) makes the CPU wait until the GPU
 has finished everything queued, which costs throughput. So the losses are summed
@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from .checkpoint import rng_state, set_rng_state
 from .errors import NonFiniteLoss
-from .evaluation import is_better
+from .evaluation import METRICS, is_better
 
 REASONS = ("completed", "early_stopping", "interrupted")
 FP16_SKIPS_IN_A_ROW = 25  # the scaler halved 65536 down to 0.002: the model has diverged
@@ -106,6 +106,27 @@ class History:
         if check_finite:
             self.non_finite |= ~torch.isfinite(loss)
 
+    def state_dict(self, dist) -> dict:
+        """What a resumed run needs of the history. Under torchrun, a collective: the losses
+        not yet logged are one sum per process, gathered by rank; added up in the same order
+        as without the interruption, the log is the same."""
+        return {"loss_sum": self.loss_sum, "window_loss": dist.all_gather_object(self.window_loss.item()),
+                "window_steps": self.window_steps, "log_history": self.log, "best": self.best,
+                "bad_evals": self.bad_evals, "train_seconds": self.trained_seconds()}
+
+    def load_state_dict(self, s: dict, dist) -> None:
+        windows = s["window_loss"] if isinstance(s["window_loss"], list) else [s["window_loss"]]
+        if len(windows) == dist.world_size:
+            self.window_loss.fill_(windows[dist.rank])  # each process its own sum, as before
+        else:  # the whole sum goes to one process; the all-reduce at the next log adds the rest
+            self.window_loss.fill_(sum(windows) if dist.is_main else 0.0)
+        self.loss_sum, self.window_steps = s["loss_sum"], s["window_steps"]
+        self.log, self.bad_evals = s["log_history"], s["bad_evals"]
+        self.best = tuple(s["best"]) if s.get("best") else None
+        seconds = s.get("train_seconds")  # absent in states written before it was kept
+        self.earlier_seconds = float(seconds) if isinstance(seconds, (int, float)) and \
+            not isinstance(seconds, bool) else None
+
     def flush_window(self, dist) -> float:
         """Mean loss of the steps since the last log (over all processes); adds it to loss_sum."""
         total = dist.all_reduce_sum(self.window_loss.clone()).item()  # a sync, once per log
@@ -144,8 +165,7 @@ def train(trainer, val_blocks, hooks: Hooks, history: History | None = None):
             set_rng_state(rng, t.device)
             reason = "interrupted"
             break
-        loss, grad_norm = result
-        t.step += 1
+        loss, grad_norm = result  # (the step counter moved on: t.step is the steps done)
         hooks.after_step(t)
 
         # --- between two steps -------------------------------------------------------
@@ -206,7 +226,7 @@ def evaluate(t, val_blocks, hooks, history):
     """An evaluation during training: log it, keep the best model, count towards --patience."""
     cfg = t.cfg
     m = t.evaluate(val_blocks)
-    log(hooks, history, t, {"eval_loss": m["eval_loss"], "eval_accuracy": m["eval_accuracy"], "epoch": t.epoch})
+    log(hooks, history, t, {**{name: m[name] for name, metric in METRICS.items() if metric.logged}, "epoch": t.epoch})
     score = m[cfg.best_metric]
     if is_better(score, history.best[0] if history.best else None, cfg.best_metric):
         history.best, history.bad_evals = (score, t.step), 0

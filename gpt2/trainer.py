@@ -42,8 +42,8 @@ m = 0.1 g). Dividing by 1 - beta^t at step t (from 1: 0.1 for m at t = 1, tendin
 
 m_hat / sqrt(v_hat) is about +-1 for a steady gradient whatever its scale, so every
 parameter moves at a similar pace (up to ~lr per step); eps keeps the division finite
-where v_hat is ~0. betas and eps are run_clm's defaults, fixed here: to change them,
-edit the torch.optim.AdamW call in `Trainer.__init__`.
+where v_hat is ~0. betas and eps are run_clm's defaults (--adam_beta1, --adam_beta2,
+--adam_epsilon change them, as the Trainer's flags do).
 
 "W" is decoupled weight decay (Loshchilov & Hutter): each step also shrinks the
 weights directly, w -= lr x weight_decay x w, instead of adding weight_decay x w to
@@ -54,32 +54,9 @@ would shrink the signal it scales; a bias shifts rather than scales, and there a
 too few of them to overfit with. (As the Hugging Face Trainer: no decay on biases and
 LayerNorm weights.) The tied token embedding / LM head is one parameter: decayed once.
 
-The learning-rate schedule (`--lr_scheduler_type`, as the Trainer's). With W warm-up
-steps out of N, at step s the rate is lr x factor(s):
-
-    linear                 s/W while warming up, then straight down to 0 at step N
-    cosine                 s/W, then (1 + cos(pi x p)) / 2 with p = (s - W) / (N - W):
-                           slow to leave the peak, fast in the middle, slow again near 0
-    constant_with_warmup   s/W, then 1 for ever
-    constant               1 from the first step (this one ignores the warm-up, as the
-                           Trainer's does)
-
-A worked example: lr 1e-4, N = 10 steps, W = 2 warm-up steps, linear, whose factor is
-(N - s) / (N - W) from step W on (tests/test_run_clm.py checks these numbers):
-
-    step s   0   1      2      3        4       5        6      7        8       9
-    factor   0   1/2    1      7/8      6/8     5/8      4/8    3/8      2/8     1/8
-    rate     0   5e-05  1e-04  8.75e-05 7.5e-05 6.25e-05 5e-05  3.75e-05 2.5e-05 1.25e-05
-
-With a warm-up, step 0 runs at rate 0: it changes no weight, only AdamW's averages (as
-the Trainer's schedule does). The last step runs at lr x 1/8, not 0: the rate 0 would
-be step N's, which never runs.
-
-Large steps early move the pretrained model towards the new text, small steps late
-let it settle; a decaying schedule ends on small steps, a constant one does not. The
-warm-up protects the pretrained weights from the first updates of a fresh optimizer,
-whose moment estimates rest on a handful of gradients. --warmup_ratio R means
-W = ceil(R x N). The rate logged with each step is the one that step used.
+The learning-rate schedule (`--lr_scheduler_type`, as the Trainer's): which share of
+lr each step uses, warm-up included. The schedules, with a worked example, are in
+schedules.py; the Trainer builds the named one with its parameters.
 
 fp16's skipped steps: when the scaled gradients overflow, the scaler skips the AdamW
 step (precision.py). The schedule waits too (no step was taken), but the skipped step
@@ -105,40 +82,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .checkpoint import rng_state, set_rng_state
 from .data import epoch_permutation, to_batch
 from .distributed import Dist
-from .evaluation import evaluate
+from .evaluation import evaluate_shared
 from .precision import autocast, make_scaler, scaler_step
-
-
-@dataclass
-class TrainConfig:
-    lr: float = 5e-5
-    epochs: float = 3.0
-    max_steps: int = 0            # > 0 overrides epochs
-    batch_size: int = 2           # micro-batch: sequences per forward pass, per process
-    grad_accum: int = 1           # micro-batches per optimizer step
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"  # linear, cosine, constant, constant_with_warmup
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0     # used when warmup_steps is 0
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    log_every: int = 500
-    log_first_step: bool = False
-    eval_strategy: str | None = None  # no, steps (every eval_every), epoch; None: steps if eval_every
-    eval_every: int = 0
-    eval_batch_size: int = 8
-    save_strategy: str | None = None  # no, steps (every save_every), epoch; None: steps if save_every
-    save_every: int = 0
-    save_total_limit: int = 1     # resumable states kept
-    save_best: bool = False
-    best_metric: str = "eval_loss"  # or eval_accuracy (the higher the better)
-    patience: int = 0
-    precision: str = "fp32"       # what the training steps use
-    eval_precision: str | None = None  # what evaluations use; None: as training (run.py decides)
-    compile: bool = False
-    progress: bool = True
+from .schedules import make_schedule
+from .settings import TrainConfig  # noqa: F401  (declared in settings.py; trainer is where it is used)
 
 
 @dataclass
@@ -157,22 +107,28 @@ def param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def schedule(kind, optimizer, warmup_steps, total_steps):
-    """The learning-rate schedule: lr x factor(step) (see the module docstring; to add one: docs/extending.md)."""
+@dataclass(frozen=True)
+class StepCounts:
+    """How a run's blocks become optimizer steps: the one place this arithmetic is done.
 
-    def factor(step):
-        if kind == "constant":
-            return 1.0
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        if kind == "constant_with_warmup":
-            return 1.0
-        if kind == "cosine":
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))  # linear
+    Micro-batches are chunks of batch_size blocks of the epoch's permutation; an
+    optimizer step takes grad_accum of them on every process. A short last step
+    (fewer micro-batches) still counts as a step, as in the Trainer.
+    """
+    micro_per_epoch: int   # micro-batches in one epoch
+    micro_per_step: int    # micro-batches per optimizer step, all processes together
+    steps_per_epoch: int
+    total_steps: int       # --max-steps, else epochs x steps_per_epoch
+    warmup_steps: int      # --warmup-steps, else ceil(--warmup-ratio x total_steps), as the Trainer
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def step_counts(n_blocks, cfg: TrainConfig, world_size=1) -> StepCounts:
+    micro_per_epoch = math.ceil(n_blocks / cfg.batch_size)
+    micro_per_step = cfg.grad_accum * world_size
+    steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total)
+    return StepCounts(micro_per_epoch, micro_per_step, steps_per_epoch, total, warmup)
 
 
 def peak_memory_mb(device) -> float:
@@ -197,26 +153,26 @@ class Trainer:
         if dist.enabled:  # distributed.py: gradients averaged over the processes in backward
             self.step_model = DDP(self.step_model, device_ids=[device] if device.type == "cuda" else None)
 
-        # Micro-batches are chunks of batch_size blocks of the epoch's permutation; an
-        # optimizer step takes grad_accum of them on every process.
         self.n_train = len(self.train_blocks)
-        self.micro_per_epoch = math.ceil(self.n_train / cfg.batch_size)
-        self.micro_per_step = cfg.grad_accum * dist.world_size
-        self.steps_per_epoch = math.ceil(self.micro_per_epoch / self.micro_per_step)
-        self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * self.steps_per_epoch)
+        counts = step_counts(self.n_train, cfg, dist.world_size)
+        self.micro_per_epoch, self.micro_per_step = counts.micro_per_epoch, counts.micro_per_step
+        self.steps_per_epoch, self.total_steps = counts.steps_per_epoch, counts.total_steps
+        self.warmup_steps = counts.warmup_steps
         self.tokens_per_step = self.micro_per_step * cfg.batch_size * self.train_blocks.shape[1]
 
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_epsilon,
             # One kernel for all parameters instead of several passes per tensor; on the CPU
             # too (torch >= 2.4), where it is ~8x faster than the default for GPT-2 124M.
             fused=device.type in ("cuda", "cpu"),
         )
-        self.warmup_steps = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * self.total_steps)
-        self.scheduler = schedule(cfg.lr_scheduler, self.optimizer, self.warmup_steps, self.total_steps)
+        self.scheduler = make_schedule(cfg.lr_scheduler, self.optimizer, self.warmup_steps, self.total_steps,
+                                       cfg.lr_scheduler_kwargs)
         self.scaler = make_scaler(device, cfg.precision)
 
-        self.step = 0             # optimizer steps taken (or skipped by the fp16 scaler)
+        self.step = 0             # optimizer steps taken (or skipped by the fp16 scaler); only
+                                  # optimizer_step and load_state_dict change it
         self.skipped = 0          # steps the scaler skipped because gradients overflowed
         self.skipped_in_a_row = 0
         self.lr_used = cfg.lr     # the rate of the last step, for the log
@@ -286,6 +242,7 @@ class Trainer:
             self.skipped += 1
             self.skipped_in_a_row += 1
         self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
         return step_loss, grad_norm.detach()
 
     # --- what the loop reports -------------------------------------------------------
@@ -313,9 +270,28 @@ class Trainer:
             metrics["train_skipped_steps"] = self.skipped
         return metrics
 
+    # --- the resumable state (checkpoint.py) -------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs of the Trainer. Under torchrun, a collective: every
+        process's random state is gathered (dropout masks differ per process)."""
+        rngs = self.dist.all_gather_object(rng_state(self.device))
+        return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
+                "step": self.step, "skipped": self.skipped, "lr_used": self.lr_used}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.scaler.load_state_dict(s["scaler"])
+        rngs = s["rng"] if isinstance(s["rng"], list) else [s["rng"]]
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank], self.device)
+        # else: another number of processes, so other dropout streams anyway; each
+        # process keeps the generator seeded by train.py (seed + rank).
+        self.step, self.skipped, self.lr_used = s["step"], s["skipped"], s["lr_used"]
+
     def evaluate(self, val_blocks, stop=None):
-        # Each process evaluates its own share of the blocks; the sums are added up.
-        shard = val_blocks[self.dist.rank::self.dist.world_size]
-        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device,
-                        self.cfg.eval_precision or self.cfg.precision,
-                        reduce=self.dist.all_reduce_sum, stop=stop)
+        return evaluate_shared(self.model, val_blocks, self.cfg.eval_batch_size, self.device,
+                               self.cfg.eval_precision or self.cfg.precision, self.dist, stop=stop)

@@ -12,8 +12,13 @@ flag, before any model is loaded.
 """
 
 import argparse
+import os
 import sys
 
+from gpt2 import schedules, settings
+from gpt2.errors import UserError
+from . import hub, outdir
+from .report import summary_writer_class
 from gpt2.precision import CHOICES as PRECISIONS
 
 
@@ -25,87 +30,33 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+def argtype(check):
+    """A check of gpt2/settings.py (ValueError with a message) as an argparse type (its one-line error)."""
+    def parse(text):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = check.__name__
+    return parse
 
 
-def positive_int(text: str) -> int:
-    v = _integer(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+positive_int = argtype(settings.positive_int)
+non_negative_int = argtype(settings.non_negative_int)
+positive_float = argtype(settings.positive_float)
+non_negative_float = argtype(settings.non_negative_float)
+probability = argtype(settings.probability)
+positive_int_or_auto = argtype(settings.positive_int_or_auto)
+seed = argtype(settings.seed)
 
 
-def non_negative_int(text: str) -> int:
-    v = _integer(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {v}")
-    return v
-
-
-def best_metric(text: str) -> str:
-    """--metric_for_best_model: run_clm's names (loss, perplexity, accuracy, ...) to the metric compared."""
-    if text not in BEST_METRICS:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(sorted(BEST_METRICS))})")
-    return BEST_METRICS[text]
-
-
-def _finite_number(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if v != v or v in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    v = _finite_number(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-MAX_EPOCHS = 1_000_000  # more is a typo (1e307 would overflow the count of steps)
-
-
-def epochs(text: str) -> float:
-    v = positive_float(text)
-    if v > MAX_EPOCHS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_EPOCHS:,} epochs, got {text}")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    v = _finite_number(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text}")
-    return v
-
-
+@argtype
 def block_size(text: str) -> int:
     """Tokens per block: at least 2, since a block of T tokens makes T-1 predictions."""
-    v = _integer(text)
+    v = settings.integer(text)
     if v < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 (a block of T tokens makes T-1 "
-                                         f"next-token predictions), got {v}")
-    return v
-
-
-def positive_int_or_auto(text: str):
-    """A positive integer, or "auto" (train.py's --batch-size: find the largest that fits)."""
-    return "auto" if text.strip().lower() == "auto" else positive_int(text)
-
-
-def seed(text: str) -> int:
-    """A random seed: 0 .. 2**32 - 1, so that seed + epoch and seed + rank stay valid seeds."""
-    v = _integer(text)
-    if not 0 <= v < 2**32:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {v}")
+        raise ValueError(f"must be at least 2 (a block of T tokens makes T-1 next-token predictions), got {v}")
     return v
 
 
@@ -185,16 +136,12 @@ class Refuse(argparse.Action):
         parser.error(f"{option_string} is not a train.py option: {self.hint}")
 
 
-def probability(text: str) -> float:
-    v = _finite_number(text)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return v
-
-
 def unit_interval(text: str) -> float:
     """A fraction in (0, 1]: --top-p (1 keeps every token)."""
-    v = _finite_number(text)
+    try:
+        v = settings.finite_number(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     if not 0.0 < v <= 1.0:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
     return v
@@ -220,8 +167,8 @@ def add_data_args(p, block_help="tokens per training example (default: min(1024,
     return g
 
 
-def add_runtime_args(p, batch_size_default, batch_alias, allow_auto=False):
-    """--device, --precision, --batch-size; allow_auto: --batch-size may be "auto" (train.py)."""
+def add_runtime_args(p):
+    """--device, --precision (both scripts); returns the group."""
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     g.add_argument("--use-cpu", "--use_cpu", dest="device", action=Switch, const="cpu", help="= --device cpu")
@@ -230,23 +177,33 @@ def add_runtime_args(p, batch_size_default, batch_alias, allow_auto=False):
                         "fp32 on the CPU")
     g.add_argument("--fp16", dest="precision", action=Switch, const="fp16", help="= --precision fp16")
     g.add_argument("--bf16", dest="precision", action=Switch, const="bf16", help="= --precision bf16")
-    help_text = "sequences per forward pass, the micro-batch (default: %(default)s)"
-    if allow_auto:
-        help_text += ("; auto: the largest that fits in GPU memory, found by trying, with the accumulation "
-                      "adjusted so that the effective batch stays --effective-batch (see harness/batch.py)")
-    g.add_argument("--batch-size", batch_alias, dest="batch_size", default=batch_size_default,
-                   type=positive_int_or_auto if allow_auto else positive_int, help=help_text)
     return g
+
+
+def add_settings(groups: dict):
+    """train.py's flags for the settings of gpt2/settings.py, from their declarations.
+
+    groups: {group name: argparse group}; each declared setting goes into its own.
+    The flag's value lands in args.<the setting's name>.
+    """
+    for f in settings.declared():
+        meta = f.metadata
+        if not meta["flags"]:
+            continue  # decided by harness/run.py
+        g = groups[meta["group"]]
+        if meta["switch"]:
+            g.add_argument(*meta["flags"], dest=f.name, action=Switch, invert=meta["invert"],
+                           default=meta["flag_default"], help=meta["help"] or None)
+        else:
+            g.add_argument(*meta["flags"], dest=f.name, type=argtype(meta["check"]) if meta["check"] else None,
+                           default=meta["flag_default"], choices=meta["choices"], metavar=meta["metavar"],
+                           help=meta["help"] or None)
 
 
 # --- train.py -------------------------------------------------------------------------
 
-SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
-STRATEGIES = ("no", "steps", "epoch")
-BEST_METRICS = {"eval_loss": "eval_loss", "loss": "eval_loss", "perplexity": "eval_loss",
-                "eval_accuracy": "eval_accuracy", "accuracy": "eval_accuracy"}
 # run_clm options train.py does not take, and what to do instead. Most have no meaning
-# here; some set what is fixed here (--optim, AdamW's betas and eps: gpt2/trainer.py).
+# here; --optim sets what is fixed here (torch's fused AdamW: gpt2/trainer.py).
 REFUSED = {
     ("--dataset_name", "--dataset_config_name"): "download the text and pass --train-file (.txt, .json, .jsonl, .csv)",
     ("--streaming",): "the text is tokenized once and cached; pass --train-file",
@@ -259,9 +216,6 @@ REFUSED = {
     ("--token", "--use_auth_token"): "download a private model yourself and pass --model DIR",
     ("--dtype", "--torch_dtype"): "the weights train in fp32 under autocast: use --precision",
     ("--optim",): "the optimizer is torch's fused AdamW (gpt2/trainer.py)",
-    ("--adam_beta1", "--adam_beta2", "--adam_epsilon"): "AdamW's betas and eps are fixed at run_clm's defaults "
-                                                        "(0.9, 0.999, 1e-8); to change them, edit the "
-                                                        "torch.optim.AdamW call in gpt2/trainer.py (Trainer.__init__)",
     ("--push_to_hub", "--hub_model_id", "--hub_token"): "--out is in the Hugging Face layout: upload it with "
                                                          "`hf upload NAME OUT/` (pip install huggingface_hub)",
     ("--do_predict",): "there is no test split: python evaluate.py OUT/ --validation-file test.txt",
@@ -270,17 +224,23 @@ REFUSED = {
 
 
 def train_parser():
-    """train.py's flags; run_clm.py's spellings are aliases."""
+    """train.py's flags; run_clm.py's spellings are aliases. The training settings' flags come
+    from their declarations in gpt2/settings.py (add_settings); the rest are written here."""
     p = Parser(prog="train.py", description="Fine-tune GPT-2 on a text file (a readable run_clm.py).")
     add_model_args(p)
     _add_train_data_args(add_data_args(p))
-    add_runtime_args(p, batch_size_default=2, batch_alias="--per_device_train_batch_size", allow_auto=True)
-    _add_optimisation_args(p.add_argument_group("optimisation"))
-    _add_lora_args(p.add_argument_group("LoRA: train small adapters, freeze the model (see gpt2/lora.py)"))
-    _add_output_args(p.add_argument_group("output, logging and checkpoints"))
-    _add_evaluation_args(p.add_argument_group("evaluation during training"))
-    _add_lr_finder_args(p.add_argument_group("finding the learning rate (the range test, see harness/lr_finder.py)"))
-    _add_memory_args(p.add_argument_group("memory and speed"))
+    add_runtime_args(p)
+    groups = {name: p.add_argument_group(name) for name in ("optimisation", settings.OUTPUT, settings.EVALUATION)}
+    lora = p.add_argument_group("LoRA: train small adapters, freeze the model (see gpt2/lora.py)")
+    lr_finder = p.add_argument_group("finding the learning rate (the range test, see harness/lr_finder.py)")
+    groups[settings.SPEED] = p.add_argument_group(settings.SPEED)
+    add_settings(groups)
+    _add_optimisation_args(groups["optimisation"])
+    _add_lora_args(lora)
+    _add_output_args(groups[settings.OUTPUT])
+    _add_evaluation_args(groups[settings.EVALUATION])
+    _add_lr_finder_args(lr_finder)
+    _add_memory_args(groups[settings.SPEED])
     for options, hint in REFUSED.items():
         p.add_argument(*options, action=Refuse, hint=hint)
     return p
@@ -304,30 +264,11 @@ def _add_train_data_args(g):
 
 
 def _add_optimisation_args(g):
-    g.add_argument("--lr", "--learning_rate", dest="lr", default="5e-5",
-                   help="peak learning rate (default: %(default)s, as run_clm); a comma-separated list "
-                        "(1e-3,1e-4,5e-5) sweeps: one run per value in OUT/lr-<value>/, each from the same "
-                        "pretrained weights, then a table comparing them. A run that fails (NaN loss, ...) "
-                        "is marked failed and the others go on; exit status 0 if at least one run "
-                        "completed, 1 if all failed")
-    g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=epochs, default=3.0)
-    g.add_argument("--max-steps", "--max_steps", dest="max_steps", type=int, default=0,
-                   help="stop after this many optimizer steps; overrides --epochs (<= 0: off)")
-    g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=positive_int, default=1,
-                   help="micro-batches per optimizer step (default: %(default)s)")
     g.add_argument("--effective-batch", type=positive_int,
                    help="sequences per optimizer step, all processes together; sets the accumulation "
                         "(= N / (micro-batch x processes)). With --batch-size auto it defaults to what the "
                         "command would train with a micro-batch of 2: 2 x --grad-accum x processes")
-    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=non_negative_float, default=0.0)
-    g.add_argument("--lr-scheduler-type", "--lr_scheduler_type", dest="lr_scheduler", choices=SCHEDULES,
-                   default="linear", help="the learning-rate schedule (see gpt2/trainer.py; default: %(default)s)")
-    g.add_argument("--warmup-steps", "--warmup_steps", dest="warmup_steps", type=non_negative_int, default=0)
-    g.add_argument("--warmup-ratio", "--warmup_ratio", dest="warmup_ratio", type=probability, default=0.0,
-                   help="warm up over this fraction of the steps (--warmup-steps, if given, wins)")
-    g.add_argument("--max-grad-norm", "--max_grad_norm", dest="max_grad_norm", type=positive_float, default=1.0)
     g.add_argument("--dropout", type=probability, help="override the checkpoint's dropout probabilities")
-    g.add_argument("--seed", type=seed, default=42)
 
 
 def _add_lora_args(g):
@@ -349,26 +290,8 @@ def _add_output_args(g):
     g.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from", metavar="PATH",
                    help="continue from this resumable state (a resume.pt file, or a directory holding one, "
                         "such as OUT/checkpoint-50); into --out")
-    g.add_argument("--save-every", "--save_steps", dest="save_every", type=int, default=0,
-                   help="every N steps, write OUT/checkpoint-<step>/ as run_clm does: a model (evaluate.py "
-                        "and transformers open it) with its resumable state beside it (<= 0: only a state "
-                        "on Ctrl-C)")
-    g.add_argument("--save-strategy", "--save_strategy", dest="save_strategy", choices=STRATEGIES,
-                   help="when to write a resumable state: no, steps (every --save-every, default 500), epoch")
-    g.add_argument("--save-total-limit", "--save_total_limit", dest="save_total_limit", type=positive_int,
-                   default=1, help="keep the newest N checkpoint-<step>/ folders (default: 1; run_clm keeps all, "
-                                   "each folder is a model and a state: about 2 GB for GPT-2 124M)")
-    g.add_argument("--log-every", "--logging_steps", dest="log_every", type=positive_int_or_auto, default="auto",
-                   help="log the loss every N optimizer steps (default: auto = total steps // 50, at least 1: "
-                        "a loss curve of about 50 points whatever the run's length; run_clm's default is 500)")
-    g.add_argument("--logging-first-step", "--logging_first_step", dest="log_first_step", action=Switch,
-                   default=False, help="also log the first step")
     g.add_argument("--report-to", "--report_to", dest="report_to", nargs="+", default=["none"], metavar="TO",
                    help="none, tensorboard (event files in OUT/runs/; needs `pip install tensorboard`) or all")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar (on a terminal) and no progress lines (in a file or pipe)")
-    g.add_argument("--disable-tqdm", "--disable_tqdm", dest="progress", action=Switch, invert=True, default=True,
-                   help="= --no-progress")
 
 
 def _add_evaluation_args(g):
@@ -376,21 +299,6 @@ def _add_evaluation_args(g):
                    help="without --do-eval: train only, no evaluation")
     g.add_argument("--do-eval", "--do_eval", dest="do_eval", action=Switch, default=False,
                    help="without --do-train: evaluate only (eval_results.json in --out), no training")
-    g.add_argument("--eval-strategy", "--eval_strategy", "--evaluation_strategy", dest="eval_strategy",
-                   choices=STRATEGIES, help="when to evaluate during training: no, steps (every --eval-every, "
-                                            "default --log-every), epoch (default: steps if --eval-every)")
-    g.add_argument("--eval-every", "--eval_steps", dest="eval_every", type=non_negative_int, default=0,
-                   help="evaluate every N optimizer steps (default: only at the end)")
-    g.add_argument("--eval-batch-size", "--per_device_eval_batch_size", dest="eval_batch_size",
-                   type=positive_int, default=8)
-    g.add_argument("--save-best", "--load-best-model-at-end", "--load_best_model_at_end", dest="save_best",
-                   action=Switch, default=False,
-                   help="with evaluations during training: keep the best model in OUT/best/ and end with it")
-    g.add_argument("--metric-for-best-model", "--metric_for_best_model", dest="best_metric",
-                   type=best_metric, default="eval_loss",
-                   help="what 'best' means (default: eval_loss; eval_accuracy: the higher the better)")
-    g.add_argument("--patience", type=non_negative_int, default=0,
-                   help="with evaluations during training: stop after N evaluations without improvement")
 
 
 def _add_lr_finder_args(g):
@@ -414,12 +322,37 @@ def _add_memory_args(g):
     g.add_argument("--loss-chunk", type=non_negative_int, default=None,
                    help="compute the LM head + loss this many positions at a time: the (batch x block x "
                         "50257) logits never exist at once (0: off; default: 1024 on the CPU, off on GPUs)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--plan", action="store_true",
                    help="instead of training: predict the peak memory, part by part, and the largest "
                         "micro-batch that fits, from config.json alone (see harness/plan.py)")
     g.add_argument("--memory", type=memory_size, help="with --plan: the memory to fit, e.g. 8GB (default: the device's)")
     g.add_argument("--json", metavar="PATH", help="with --plan: also write the numbers to this JSON file")
+
+
+def check_train_flags(args):
+    """Combinations of train.py's flags that cannot work, refused before anything is loaded."""
+    hub.check_endpoint()
+    for lr in args.lr:
+        if lr * args.weight_decay >= 1:
+            raise UserError(f"--weight-decay {args.weight_decay:g} with --lr {lr:g}: each step would multiply the "
+                            f"weights by 1 - lr x weight_decay <= 0; use a weight decay below {1 / lr:g}")
+        schedules.check(args.lr_scheduler, args.lr_scheduler_kwargs, lr)  # polynomial's lr_end < lr, ...
+    evaluating = args.eval_strategy in ("steps", "epoch") or (args.eval_strategy is None and args.eval_every)
+    if (args.save_best or args.patience) and not evaluating:
+        raise UserError("--save-best and --patience act on evaluations during training: add --eval-every N")
+    if args.resume and args.resume_from:
+        raise UserError("--resume continues --out; --resume-from-checkpoint continues a given state: pick one")
+    if args.resume_from and not os.path.isfile(outdir.state_file(args.resume_from)):
+        raise UserError(f"--resume-from-checkpoint {args.resume_from}: no resumable state there")
+    bad = [to for to in args.report_to if to not in ("none", "tensorboard", "all")]
+    if bad:
+        raise UserError(f"--report-to {' '.join(bad)}: only tensorboard is built in (or none)")
+    if wants_tensorboard(args):
+        summary_writer_class()  # a one-line error now if the package is missing, not after training
+
+
+def wants_tensorboard(args) -> bool:
+    return any(to in ("tensorboard", "all") for to in args.report_to)
 
 
 # --- evaluate.py ----------------------------------------------------------------------
@@ -452,7 +385,8 @@ def evaluate_parser():
     p.add_argument("--weights-dir", default=None, help="where downloaded models live (default: weights/)")
     add_data_args(p, block_help="tokens per evaluated block (default: the run's block size, else "
                                 "min(1024, n_positions))")
-    add_runtime_args(p, batch_size_default=8, batch_alias="--per_device_eval_batch_size")
+    add_runtime_args(p).add_argument("--batch-size", "--per_device_eval_batch_size", dest="batch_size", default=8,
+                                     type=positive_int, help="sequences per forward pass (default: %(default)s)")
 
     g = p.add_argument_group("output")
     g.add_argument("--json", metavar="PATH",

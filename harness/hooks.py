@@ -29,7 +29,7 @@ from gpt2.lora import adapter_dir, load_adapter
 from gpt2.loop import Hooks
 from gpt2.weights import load_into, read_safetensors
 
-from . import checkpoints
+from . import checkpoints, outdir
 from .report import ProgressLines, time_estimate
 
 RESUME = "resume.pt"
@@ -37,12 +37,12 @@ ESTIMATE_AFTER = 3  # steps timed (after the first, which pays for warming up) b
 
 
 class RunHooks(Hooks):
-    def __init__(self, out_dir, dist, logger, interrupt, save_model, data: dict, progress: bool, run_args=None):
-        self.out, self.dist, self.logger, self.interrupt = out_dir, dist, logger, interrupt
-        self.save_model = save_model  # writes a complete model directory (train.py)
-        self.data = data              # the training text's fingerprint, kept in the state
+    def __init__(self, out_dir, run, logger, interrupt, base_model, run_args=None):
+        self.out, self.dist, self.logger, self.interrupt = out_dir, run.dist, logger, interrupt
+        self.run, self.base_model = run, base_model  # what save_model writes
+        self.data = run.data_info     # the training text's fingerprint, kept in the state
         self.run_args = run_args or {}  # run_args.json, also written into each checkpoint folder
-        self.show_progress = progress and dist.is_main
+        self.show_progress = run.cfg.progress and run.dist.is_main
         self.bar = self.lines = None
         self.timing = None            # (step, time) after this session's first step, for the estimate
         self.last_loss = None         # the last logged loss, for the progress lines
@@ -81,6 +81,10 @@ class RunHooks(Hooks):
         checkpoints.write(self.out, trainer.step, self.save_model, lambda path: link_or_copy(state_path, path),
                           self.run_args, trainer_state)
         checkpoints.rotate(self.out, trainer.cfg.save_total_limit)
+
+    def save_model(self, directory):
+        """A complete model directory: OUT at the end, best/, a checkpoint folder (outdir.py)."""
+        outdir.save_model(self.run, directory, self.base_model)
 
     def save_best(self, trainer):
         self.save_model(os.path.join(self.out, "best"))

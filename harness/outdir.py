@@ -54,11 +54,11 @@ import stat
 import sys
 import time
 
-import torch
 
-from gpt2.checkpoint import MUST_MATCH
 from gpt2.errors import UserError
 from gpt2.files import atomic_path, is_temporary, read_json, write_json
+from gpt2.lora import adapter_dir, merged_model, save_adapter
+from gpt2.weights import save_checkpoint
 
 LOCK = ".lock"
 STATUS = "status.json"
@@ -99,28 +99,6 @@ def check(out, overwrite=False, state=None):
     if _used(out) and not overwrite:
         raise UserError(f"--out {out}: directory is not empty; use --overwrite to replace its contents, "
                         f"--resume to continue a run, or another --out")
-
-
-# The settings of checkpoint.MUST_MATCH that the flags alone decide (batch_size and
-# precision may be "auto", resolved only once the model is loaded).
-FLAG_SETTINGS = tuple(k for k in MUST_MATCH if k not in ("batch_size", "precision"))
-
-
-def check_resume_flags(state, args, lr):
-    """--resume with other settings than the interrupted run: refused now, before the model
-    and the data are loaded (checkpoint.load checks everything again, with them at hand)."""
-    try:  # mmap: only the small config is read from a state of hundreds of MB
-        saved = torch.load(state, map_location="cpu", weights_only=True, mmap=True).get("config")
-    except Exception:
-        return  # not readable here: checkpoint.load says why
-    if not isinstance(saved, dict):
-        return
-    mine = {"lr": lr, "epochs": args.epochs, "max_steps": max(0, args.max_steps), "seed": args.seed,
-            "weight_decay": args.weight_decay, "lr_scheduler": args.lr_scheduler, "warmup_steps": args.warmup_steps,
-            "warmup_ratio": args.warmup_ratio, "max_grad_norm": args.max_grad_norm}
-    diff = [f"{k} {mine[k]!r} (saved: {saved[k]!r})" for k in FLAG_SETTINGS if k in saved and saved[k] != mine[k]]
-    if diff:
-        raise UserError(f"--resume: this command differs from the interrupted run: {', '.join(diff)}")
 
 
 def state_file(path) -> str:
@@ -264,25 +242,28 @@ class RunDir:
         if self.is_main and os.path.exists(self.file(name)):
             os.remove(self.file(name))
 
-    def copy_tokenizer(self, paths, directory=None):
-        """The tokenizer's files into OUT (or best/), and no other tokenizer's: a vocab.json left by
-        an earlier run beside a new tokenizer.json would describe another vocabulary."""
-        self.copy_files(paths, directory)
-        if self.is_main:
-            ours = {os.path.basename(p) for p in paths}
-            for name in TOKENIZER_FILES:
-                other = os.path.join(directory or self.path, name)
-                if name not in ours and os.path.lexists(other) and not os.path.isdir(other):
-                    os.remove(other)
+def copy_files(paths, directory):
+    for src in paths:
+        with atomic_path(os.path.join(directory, os.path.basename(src))) as tmp:
+            shutil.copyfile(src, tmp)
 
-    def copy_files(self, paths, directory=None):
-        """Copy files (a tokenizer's) into OUT or a subdirectory of it, each atomically."""
-        if not self.is_main:
-            return
-        directory = directory or self.path
-        for src in paths:
-            with atomic_path(os.path.join(directory, os.path.basename(src))) as tmp:
-                shutil.copyfile(src, tmp)
+
+def save_model(run, directory, base_model):
+    """A complete model directory (OUT, best/, a checkpoint folder): the weights, config.json and
+    the model's own tokenizer; with LoRA, the merged weights and the adapter in adapter/
+    (base_model: what the adapter's config names as its base). Called by the main process."""
+    model = run.model
+    save_checkpoint(merged_model(model) if getattr(model, "lora_config", None) else model, directory)
+    copy_files(run.tokenizer.files, directory)
+    # No other tokenizer's files: a vocab.json left by an earlier run beside a new
+    # tokenizer.json would describe another vocabulary.
+    ours = {os.path.basename(p) for p in run.tokenizer.files}
+    for name in TOKENIZER_FILES:
+        other = os.path.join(directory, name)
+        if name not in ours and os.path.lexists(other) and not os.path.isdir(other):
+            os.remove(other)
+    if getattr(model, "lora_config", None):
+        save_adapter(model, adapter_dir(directory), base_model=base_model)
 
 
 def _remove(path):

@@ -23,11 +23,10 @@ other processes wait; then they find both on disk (two processes appending to th
 same download would corrupt it, and tokenizing N times is wasted time).
 """
 
-import math
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -43,7 +42,8 @@ from gpt2.lora import add_lora, trainable_parameters
 from gpt2.model import GPT2
 from gpt2.precision import eval_note, eval_precision, resolve_precision, use_tf32
 from gpt2.tokenizer import Tokenizer
-from gpt2.trainer import TrainConfig
+from gpt2 import settings
+from gpt2.trainer import TrainConfig, step_counts
 from gpt2.weights import load_checkpoint
 
 
@@ -99,35 +99,31 @@ def setup(args, lr) -> Run:
         torch.manual_seed(args.seed)  # the adapters' random init (A) is part of the run: the seed decides it
         add_lora(model, args.lora, args.lora_alpha, args.lora_dropout, args.lora_targets)
     micro, accum, batch_note = choose_micro_batch(args, model, train_blocks.shape[1], precision, dist, device)
-    steps = planned_steps(len(train_blocks), micro, accum, dist.world_size, args.epochs, args.max_steps)
-    cfg = train_config(args, lr, precision, micro, accum, steps, eval_precision(args.precision, precision))
+    cfg = train_config(args, lr, precision, micro, accum, len(train_blocks), dist.world_size,
+                       eval_precision(args.precision, precision))
     if dist.is_main and cfg.eval_strategy != "no" and val_blocks is None:
         print("warning: evaluations during training asked for, but there is no validation data "
               "(--validation-split 0 and no --validation-file): none will run", file=sys.stderr)
     notes = [f"model: {args.model}" + (f" ({model_dir})" if model_dir != args.model else ""),
              f"precision {precision}: {why}{eval_note(precision, cfg.eval_precision)}",
-             f"loss: {chunk_why}", f"attention: {recompute_why}", *training_notes(args, model, cfg, steps)]
+             f"loss: {chunk_why}", f"attention: {recompute_why}",
+             *training_notes(args, model, cfg, step_counts(len(train_blocks), cfg, dist.world_size))]
     notes += [batch_note] if batch_note else []
     notes += [tokenizer.describe()]
     return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
 
 
-def training_notes(args, model, cfg, steps) -> list[str]:
+def training_notes(args, model, cfg, counts) -> list[str]:
     """The header's lines on what training will do: parameters, rate and schedule, logging, output."""
     trainable, total = trainable_parameters(model)
-    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * steps)  # as the Trainer counts them
+    kwargs = "".join(f" {k}={v:g}" for k, v in cfg.lr_scheduler_kwargs.items())
     auto = " (auto: about 50 points on the loss curve; --log-every N to change)" if args.log_every == "auto" else ""
     return [f"parameters: {trainable:,} trainable of {total:,}" + (f" (LoRA rank {args.lora})" if args.lora else ""),
-            f"learning rate {format_lr(cfg.lr)}, {cfg.lr_scheduler} schedule, {warmup} warm-up steps, "
+            f"learning rate {format_lr(cfg.lr)}, {cfg.lr_scheduler}{kwargs} schedule, {counts.warmup_steps} warm-up "
+            f"steps, "
             f"weight decay {cfg.weight_decay:g}",
             f"loss logged every {cfg.log_every} steps{auto}",
             f"output: {os.path.join(os.path.normpath(args.out), '')}"]
-
-
-def planned_steps(n_blocks, micro, accum, world_size, epochs, max_steps) -> int:
-    """Optimizer steps the run will take: --max-steps, else epochs x steps per epoch (as the Trainer)."""
-    steps_per_epoch = math.ceil(math.ceil(n_blocks / micro) / (accum * world_size))
-    return max_steps if max_steps > 0 else math.ceil(epochs * steps_per_epoch)
 
 
 def auto_log_every(asked, total_steps) -> int:
@@ -226,20 +222,15 @@ def choose_micro_batch(args, model, block_size, precision, dist, device):
     return micro, accum, note
 
 
-def train_config(args, lr, precision, batch_size, grad_accum, total_steps, eval_precision=None) -> TrainConfig:
-    """The TrainConfig for these flags; run_clm's strategies resolved to step counts."""
-    log_every = auto_log_every(args.log_every, total_steps)
-    return TrainConfig(
-        lr=lr, epochs=args.epochs, max_steps=max(0, args.max_steps), batch_size=batch_size,
-        grad_accum=grad_accum, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
-        warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm,
-        seed=args.seed, log_every=log_every, log_first_step=args.log_first_step,
-        eval_strategy=eval_strategy(args), eval_every=args.eval_every or log_every,
-        eval_batch_size=args.eval_batch_size, save_strategy=save_strategy(args),
-        save_every=args.save_every if args.save_every > 0 else 500, save_total_limit=args.save_total_limit,
-        save_best=args.save_best, best_metric=args.best_metric, patience=args.patience,
-        precision=precision, eval_precision=eval_precision, compile=args.compile, progress=args.progress,
-    )
+def train_config(args, lr, precision, batch_size, grad_accum, n_blocks, world_size, eval_precision=None):
+    """The TrainConfig: every setting as its flag gives it (gpt2/settings.py), and those decided
+    here on top: the rate of this run, the micro-batch, the precision, run_clm's strategies."""
+    decided = dict(lr=lr, batch_size=batch_size, grad_accum=grad_accum, precision=precision,
+                   eval_precision=eval_precision, eval_strategy=eval_strategy(args), save_strategy=save_strategy(args),
+                   save_every=args.save_every if args.save_every > 0 else 500, log_every=1)
+    cfg = TrainConfig(**settings.from_flags(args, **decided))
+    log_every = auto_log_every(args.log_every, step_counts(n_blocks, cfg, world_size).total_steps)
+    return replace(cfg, log_every=log_every, eval_every=args.eval_every or log_every)
 
 
 def eval_strategy(args) -> str:
@@ -260,8 +251,8 @@ def describe(args, run: Run, total_steps: int) -> dict:
     paths = {k: os.path.abspath(getattr(args, k)) for k in ("train_file", "validation_file") if getattr(args, k)}
     local = os.path.isdir(args.model) and args.model not in ALIASES
     cfg = run.cfg
-    return {**vars(args), **paths, "lr": cfg.lr, "model": os.path.abspath(args.model) if local else args.model,
-            "block_size": run.train_blocks.shape[1], "precision": cfg.precision,
-            "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world_size": run.dist.world_size,
+    return {**vars(args), **settings.record(cfg), **paths,
+            "model": os.path.abspath(args.model) if local else args.model,
+            "block_size": run.train_blocks.shape[1], "world_size": run.dist.world_size,
             "effective_batch": cfg.batch_size * cfg.grad_accum * run.dist.world_size,
-            "total_steps": total_steps, "log_every": cfg.log_every, "data": {k: v for k, v in run.data_info.items() if k != "summary"}}
+            "total_steps": total_steps, "data": {k: v for k, v in run.data_info.items() if k != "summary"}}

@@ -36,23 +36,64 @@ from .outdir import check, run_status
 from .report import format_lr
 
 
-def main(args, lrs, train_one) -> int:
-    """train.py --lr a,b,c: `train_one(args, lr)` once per rate, each in OUT/lr-<rate>/, then the table."""
-    if args.resume:
-        raise UserError("--resume with several --lr values: resume one run at a time, "
-                        "e.g. --lr 1e-4 --out runs/lr-1e-4 --resume")
-    plan = run_dirs(args.out, lrs)
-    for _, directory in plan:  # all of them before the first run starts
-        check(directory, overwrite=args.overwrite)
-    check_inputs(args)
-    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes
-    # What the table shows for a run that failed before writing its own run_args.json.
-    described = {"model": args.model}
+class Sweep:
+    """train.py --lr a,b,c: the runs to make, each in OUT/lr-<rate>/, and what became of them.
 
-    def run(lr, directory):
-        return train_one(argparse.Namespace(**{**vars(args), "out": directory}), lr)
+    train.py drives it: `for lr, run_args in sweep:` one ordinary training run each, then
+    `sweep.record(lr, status)` after each and `sweep.finish()` for the table and the exit
+    status. Every directory and every shared input is checked when it is made.
+    """
 
-    return sweep(plan, run, run_args=described, is_main=is_main)
+    def __init__(self, args, print_fn=print):
+        if args.resume:
+            raise UserError("--resume with several --lr values: resume one run at a time, "
+                            "e.g. --lr 1e-4 --out runs/lr-1e-4 --resume")
+        self.args, self.print = args, print_fn
+        self.plan = run_dirs(args.out, args.lr)
+        for _, directory in self.plan:  # all of them before the first run starts
+            check(directory, overwrite=args.overwrite)
+        check_inputs(args)
+        self.is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes
+        # What the table shows for a run that failed before writing its own run_args.json.
+        self.described = {"model": args.model}
+        self.done = []       # (directory, completed?)
+        self.status = None   # a signal's exit status, once one stopped the sweep
+
+    def __iter__(self):
+        """(lr, the flags of its run: --out is its own directory)."""
+        for i, (lr, directory) in enumerate(self.plan, start=1):
+            if self.is_main:
+                self.print(f"\n===== run {i} of {len(self.plan)}: lr {format_lr(lr)} -> {directory}/ =====")
+                # An --overwrite of a run that failed before must not keep its old verdict.
+                stale = os.path.join(directory, "status.json")
+                if os.path.exists(stale):
+                    os.remove(stale)
+            yield lr, argparse.Namespace(**{**vars(self.args), "out": directory, "lr": [lr]})
+
+    def record(self, lr, status) -> bool:
+        """What the run at `lr` ended with: an exit status, or the UserError it failed with.
+        False when a signal stopped it: the sweep stops there."""
+        directory = dict(self.plan)[lr]
+        ok = _verdict(directory, lr, status, self.described, self.is_main)
+        if isinstance(status, int) and status >= 128:  # Ctrl-C 130, SIGTERM 143, ...
+            rest = ", ".join(format_lr(r) for r, _ in self.plan[len(self.done) + 1:])
+            if self.is_main:
+                self.print("sweep interrupted" + (f"; not started: --lr {rest}" if rest else ""))
+            self.status = status
+            return False
+        self.done.append((directory, ok))
+        return True
+
+    def finish(self) -> int:
+        """The table of the runs made; the sweep's exit status (see the module docstring)."""
+        if self.status is not None:
+            return self.status
+        if self.is_main:
+            self.print("\n" + format_table(comparison_rows([d for d, _ in self.done])))
+        completed = sum(ok for _, ok in self.done)
+        if self.is_main and not completed:
+            self.print(f"all {len(self.done)} runs failed")
+        return 0 if completed else 1
 
 
 def check_inputs(args):
@@ -101,47 +142,21 @@ def _finite_train_loss(directory) -> bool:
     return not isinstance(loss, float) or math.isfinite(loss)
 
 
-def sweep(plan, run, run_args=None, is_main=True, print_fn=print) -> int:
-    """Run `run(lr, directory)` for each (lr, directory) of `plan`, then print the table.
-
-    `run` returns an exit status (0 done, 128 + a signal's number interrupted) or raises UserError when the
-    run failed. `run_args` (model, epochs, ...) describes a failed run in the table.
-    Returns the sweep's exit status (see the module docstring).
-    """
-    done = []
-    for i, (lr, directory) in enumerate(plan, start=1):
+def _verdict(directory, lr, status, run_args, is_main) -> bool:
+    """Did the run complete? A failed one is marked in its status.json for the table."""
+    run_args = {**run_args, "lr": lr}
+    if isinstance(status, UserError):
         if is_main:
-            print_fn(f"\n===== run {i} of {len(plan)}: lr {format_lr(lr)} -> {directory}/ =====")
-            # An --overwrite of a run that failed before must not keep its old verdict.
-            stale = os.path.join(directory, "status.json")
-            if os.path.exists(stale):
-                os.remove(stale)
-        try:
-            status = run(lr, directory)
-        except UserError as e:
-            if is_main:
-                print(f"error: lr {format_lr(lr)}: {e}", file=sys.stderr)
-                mark_failed(directory, str(e), {**(run_args or {}), "lr": lr})
-            done.append((directory, False))
-            continue
-        if status >= 128:  # a signal (Ctrl-C 130, SIGTERM 143, ...): the sweep stops there
-            rest = ", ".join(format_lr(r) for r, _ in plan[i:])
-            if is_main:
-                print_fn("sweep interrupted" + (f"; not started: --lr {rest}" if rest else ""))
-            return status
-        if status == 0 and is_main and not _finite_train_loss(directory):
-            # In fp16 a diverged run does not stop: the scaler skips every step whose
-            # gradients are NaN, and the run "completes" with a NaN loss. Failed all the same.
-            mark_failed(directory, "the training loss is NaN/inf (learning rate too high?); "
-                                   "the fp16 scaler skipped the steps", {**(run_args or {}), "lr": lr})
-            status = 1
-        elif status and is_main and run_status(directory).get("status") != "done":
-            # (a run "done" without its final evaluation keeps its model and its verdict)
-            mark_failed(directory, f"ended with exit status {status}", {**(run_args or {}), "lr": lr})
-        done.append((directory, status == 0))
-    if is_main:
-        print_fn("\n" + format_table(comparison_rows([d for d, _ in done])))
-    completed = sum(ok for _, ok in done)
-    if is_main and not completed:
-        print_fn(f"all {len(done)} runs failed")
-    return 0 if completed else 1
+            print(f"error: lr {format_lr(lr)}: {status}", file=sys.stderr)
+            mark_failed(directory, str(status), run_args)
+        return False
+    if status == 0 and is_main and not _finite_train_loss(directory):
+        # In fp16 a diverged run does not stop: the scaler skips every step whose
+        # gradients are NaN, and the run "completes" with a NaN loss. Failed all the same.
+        mark_failed(directory, "the training loss is NaN/inf (learning rate too high?); "
+                               "the fp16 scaler skipped the steps", run_args)
+        return False
+    if status and status < 128 and is_main and run_status(directory).get("status") != "done":
+        # (a run "done" without its final evaluation keeps its model and its verdict)
+        mark_failed(directory, f"ended with exit status {status}", run_args)
+    return status == 0

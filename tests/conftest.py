@@ -107,11 +107,11 @@ def train_loop(model, blocks, cfg, val_blocks=None, out_dir=None):
     Without out_dir, the base Hooks, silenced (nothing is written); with it, the run
     directory's hooks, so that --save-every and --save-best write resume.pt and best/.
     """
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from gpt2 import loop
     from gpt2.trainer import Trainer
-    from gpt2.weights import save_checkpoint
     from harness.hooks import RunHooks
     from harness.report import Logger
 
@@ -121,8 +121,9 @@ def train_loop(model, blocks, cfg, val_blocks=None, out_dir=None):
         hooks = loop.Hooks()
         hooks.print = quiet
     else:
-        hooks = RunHooks(str(out_dir), t.dist, Logger(print_fn=quiet), SimpleNamespace(requested=False),
-                         lambda directory: save_checkpoint(model, directory), {}, progress=False)
+        run = SimpleNamespace(model=model, dist=t.dist, data_info={}, cfg=replace(cfg, progress=False),
+                              tokenizer=SimpleNamespace(files=[]))
+        hooks = RunHooks(str(out_dir), run, Logger(print_fn=quiet), SimpleNamespace(requested=False), base_model=None)
         hooks.print = quiet
     history = loop.History(t.device)
     reason, metrics = loop.train(t, val_blocks, hooks, history)

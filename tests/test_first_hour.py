@@ -173,25 +173,26 @@ def test_plot_says_why_a_run_has_no_curve(tmp_path):
 
 # --- a run shows itself: the header, the loss logged whatever the run's length -------------
 
-@pytest.mark.parametrize("n_blocks,micro,accum,world,epochs,max_steps",
-                         [(130, 2, 1, 1, 3.0, 0), (7, 2, 2, 1, 1.0, 0), (7, 2, 1, 2, 2.5, 0), (50, 1, 3, 1, 3.0, 4)])
-def test_planned_steps_are_the_trainers(n_blocks, micro, accum, world, epochs, max_steps, monkeypatch):
+@pytest.mark.parametrize("n_blocks,micro,accum,world,epochs,max_steps,steps",
+                         [(130, 2, 1, 1, 3.0, 0, 195), (7, 2, 2, 1, 1.0, 0, 2), (7, 2, 1, 2, 2.5, 0, 5),
+                          (50, 1, 3, 1, 3.0, 4, 4)])
+def test_planned_steps_are_the_trainers(n_blocks, micro, accum, world, epochs, max_steps, steps, monkeypatch):
+    """The one step arithmetic (trainer.step_counts) that the header, --log-every auto and the
+    Trainer all use: ceil(epochs x ceil(ceil(blocks / micro) / (accum x processes))), or --max-steps."""
     import numpy as np
 
     from gpt2 import trainer as trainer_module
-
     from gpt2.distributed import Dist
     from gpt2.model import GPT2
     from gpt2.config import GPT2Config
-    from gpt2.trainer import TrainConfig, Trainer
-    from harness.run import planned_steps
+    from gpt2.trainer import TrainConfig, Trainer, step_counts
 
     dist = Dist(world_size=world)
     monkeypatch.setattr(trainer_module, "DDP", lambda model, **kw: model)  # no process group here
     model = GPT2(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
     cfg = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=micro, grad_accum=accum, progress=False)
     trainer = Trainer(model, np.zeros((n_blocks, 8), dtype=np.uint16), cfg, torch.device("cpu"), dist)
-    assert planned_steps(n_blocks, micro, accum, world, epochs, max_steps) == trainer.total_steps
+    assert step_counts(n_blocks, cfg, world).total_steps == trainer.total_steps == steps
 
 
 def test_auto_log_every():
@@ -314,6 +315,43 @@ def test_a_refused_resume_loads_nothing(tmp_path, monkeypatch):
         train.main(["--resume", "--out", str(out), "--lr", "1e-4", "--max-steps", "40"])
     with pytest.raises(AssertionError, match="were loaded"):  # the same settings: on to loading
         train.main(["--resume", "--out", str(out), "--lr", "1e-3", "--max-steps", "40"])
+
+
+# For each setting a resume must keep (gpt2/settings.py, MATCH): a command-line value other than
+# TrainConfig's default. A new MATCH setting needs its line here (test_every_match_setting_...).
+OTHER_VALUES = {"lr": "1e-4", "epochs": "2", "max_steps": "41", "weight_decay": "0.01", "lr_scheduler": "cosine",
+                "lr_scheduler_kwargs": '{"num_cycles": 1}', "warmup_steps": "3", "warmup_ratio": "0.1",
+                "max_grad_norm": "0.5", "adam_beta1": "0.8", "adam_beta2": "0.95", "adam_epsilon": "1e-6",
+                "seed": "7"}
+
+
+def test_every_match_setting_has_another_value_to_try():
+    from gpt2 import settings
+
+    assert set(OTHER_VALUES) == set(settings.must_match(at_load=False))
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_VALUES))
+def test_resume_refuses_each_changed_setting_before_loading(name, tmp_path, monkeypatch, capsys):
+    """Every MATCH setting, changed on --resume: one line naming it, before any loading; resume.pt stays."""
+    import train
+    from gpt2 import settings
+    from gpt2.errors import run_cli
+    from gpt2.trainer import TrainConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = TrainConfig(lr=1e-3, max_steps=40, lr_scheduler="cosine" if name == "lr_scheduler_kwargs" else "linear")
+    torch.save({"config": settings.record(saved), "step": 4}, out / "resume.pt")
+    before = (out / "resume.pt").read_bytes()
+    monkeypatch.setattr(train, "setup", lambda *a, **k: pytest.fail("loaded for a refused resume"))
+    flag = next(f for f in settings.declared() if f.name == name).metadata["flags"][0]
+    base = {"--lr": "1e-3", "--max-steps": "40", "--lr-scheduler-type": saved.lr_scheduler}
+    argv = [x for k, v in {**base, flag: OTHER_VALUES[name]}.items() for x in (k, v)]
+    assert run_cli(train.main, ["--resume", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs from the interrupted run" in err[0] and f"{name} " in err[0], err
+    assert (out / "resume.pt").read_bytes() == before
 
 
 # --- checkpoint-<step>/ folders (harness/checkpoints.py; the loop writes them) ---------------

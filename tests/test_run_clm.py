@@ -29,14 +29,14 @@ from conftest import (INJECTED_TRAIN, ROOT, TINY, hf_model, run_python, save_hf,
                       write_text)
 from gpt2 import loop
 from harness.hooks import RunHooks
-from harness.cli import REFUSED, SCHEDULES, train_parser
+from harness.cli import REFUSED, train_parser
 from gpt2.data import make_blocks, tokenize_texts
 from harness.datasets import build_datasets
 from harness.textfiles import read_texts
 from gpt2.errors import run_cli
 from gpt2.evaluation import evaluate
 from gpt2.tokenizer import Tokenizer
-from gpt2.trainer import TrainConfig, Trainer, schedule
+from gpt2.trainer import TrainConfig, Trainer
 from gpt2.weights import load_checkpoint
 
 CPU = torch.device("cpu")
@@ -177,18 +177,24 @@ def our_events(files, out, saves, *flags):
 
 # --- 1. learning-rate schedules ---------------------------------------------------------
 
-def reference_lrs(kind, lr, warmup_steps, total):
+def reference_lrs(kind, lr, warmup_steps, total, kwargs=None):
     """The rate transformers' scheduler gives each of the `total` steps (the rate the step uses)."""
     from transformers import get_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = get_scheduler(kind, opt, num_warmup_steps=warmup_steps, num_training_steps=total)
+    sched = get_scheduler(kind, opt, num_warmup_steps=warmup_steps, num_training_steps=total,
+                          scheduler_specific_kwargs=kwargs)
     rates = []
     for _ in range(total):
         rates.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
     return rates
+
+
+def trainer_lrs(trainer):
+    """The rate our Trainer's schedule gives each step: the LambdaLR's own factor x lr."""
+    return [trainer.scheduler.lr_lambdas[0](s) * trainer.cfg.lr for s in range(trainer.total_steps)]
 
 
 def hf_warmup_steps(ratio, total):
@@ -204,65 +210,116 @@ def hf_warmup_steps(ratio, total):
 WARMUPS = [("--warmup_steps", 3, 10), ("--warmup_ratio", 0.25, 10), ("--warmup_ratio", 0.1, 30)]
 
 
+# Every schedule of gpt2/schedules.py, with its default parameters and with others (run_clm's
+# --lr_scheduler_kwargs), against transformers' get_scheduler.
+SCHEDULE_CASES = [("linear", {}), ("cosine", {}), ("cosine", {"num_cycles": 1.5}), ("cosine_with_restarts", {}),
+                  ("cosine_with_restarts", {"num_cycles": 2}), ("cosine_with_min_lr", {"min_lr_rate": 0.1}),
+                  ("cosine_with_min_lr", {"min_lr": 1e-5, "num_cycles": 1}), ("polynomial", {}),
+                  ("polynomial", {"lr_end": 1e-5, "power": 2.0}), ("inverse_sqrt", {}),
+                  ("inverse_sqrt", {"timescale": 5}), ("constant_with_warmup", {}), ("constant", {})]
+
+
+def test_every_schedule_is_tested():
+    from gpt2.schedules import SCHEDULES
+
+    assert {kind for kind, _ in SCHEDULE_CASES} == set(SCHEDULES)
+
+
 @pytest.mark.parametrize("warmup", WARMUPS, ids=lambda w: f"{w[0][2:]}={w[1]}-of-{w[2]}")
-@pytest.mark.parametrize("kind", SCHEDULES)
-def test_schedule_matches_get_scheduler_step_by_step(kind, warmup, files):
-    """The Trainer's warm-up from --warmup_steps / --warmup_ratio, then gpt2.trainer.schedule, rate by rate."""
+@pytest.mark.parametrize("kind,kwargs", SCHEDULE_CASES, ids=lambda c: str(c).replace(" ", ""))
+def test_schedule_matches_get_scheduler_step_by_step(kind, kwargs, warmup, files):
+    """The flags -> TrainConfig -> Trainer -> its schedule, rate by rate, against get_scheduler (warm-up included)."""
     flag, value, total = warmup
-    args = train_parser().parse_args(["--lr_scheduler_type", kind, flag, str(value), "--max_steps", str(total)])
-    cfg = TrainConfig(lr=3e-4, max_steps=total, lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps,
+    args = train_parser().parse_args(["--lr_scheduler_type", kind, "--lr_scheduler_kwargs", json.dumps(kwargs),
+                                      flag, str(value), "--max_steps", str(total)])
+    cfg = TrainConfig(lr=3e-4, max_steps=total, lr_scheduler=args.lr_scheduler,
+                      lr_scheduler_kwargs=args.lr_scheduler_kwargs, warmup_steps=args.warmup_steps,
                       warmup_ratio=args.warmup_ratio, progress=False)
     t = Trainer(load_checkpoint(files["ckpt"]), np.zeros((4, 32), np.uint16), cfg, CPU)
     expected_warmup = value if flag == "--warmup_steps" else hf_warmup_steps(value, total)
     if flag == "--warmup_ratio":
         assert expected_warmup == math.ceil(value * total)
     assert t.warmup_steps == expected_warmup
-
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
-    ours = schedule(kind, opt, t.warmup_steps, total)
-    rates = []
-    for _ in range(total):
-        rates.append(ours.get_last_lr()[0])
-        opt.step()
-        ours.step()
-    assert rates == pytest.approx(reference_lrs(kind, 3e-4, expected_warmup, total), rel=1e-12, abs=0)
+    assert trainer_lrs(t) == pytest.approx(reference_lrs(kind, 3e-4, expected_warmup, total, kwargs), rel=1e-12,
+                                           abs=1e-18)
 
 
-def test_docstring_schedule_example():
-    """gpt2/trainer.py's worked example (lr 1e-4, 10 steps, 2 warm-up, linear) is what schedule() gives."""
+@pytest.mark.parametrize("config,message", [
+    (dict(lr_scheduler="cosin"), "unknown learning-rate schedule 'cosin'"),
+    (dict(lr_scheduler="reduce_lr_on_plateau"), "steps on evaluations"),
+    (dict(lr_scheduler="cosine", lr_scheduler_kwargs={"cycles": 2}), "no parameter 'cycles'"),
+    (dict(lr_scheduler="linear", lr_scheduler_kwargs={"num_cycles": 2}), "takes no parameters"),
+    (dict(lr_scheduler="cosine", lr_scheduler_kwargs={"num_cycles": "2"}), "finite number"),
+    (dict(lr_scheduler="cosine_with_min_lr"), "one of min_lr or min_lr_rate"),
+    (dict(lr_scheduler="polynomial", lr=1e-8), "lr_end"),
+    (dict(adam_beta1=1.0), "betas"),
+])
+def test_a_config_that_cannot_train_is_refused_in_one_line(config, message):
+    """A notebook's TrainConfig is checked as the flags are: an unknown schedule never trains a linear one."""
+    from gpt2.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**config)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--lr_scheduler_type", "cosin"], "unknown learning-rate schedule 'cosin'"),
+    (["--lr_scheduler_type", "reduce_lr_on_plateau"], "steps on evaluations"),
+    (["--lr_scheduler_kwargs", "{num_cycles: 2}"], "not JSON"),
+    (["--lr_scheduler_kwargs", "[2]"], "JSON object"),
+    (["--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"num_cycle": 2}'], "no parameter 'num_cycle'"),
+    (["--adam_beta2", "1"], "must be in [0, 1)"),
+    (["--adam_epsilon", "0"], "must be a positive number"),
+])
+def test_schedule_and_adam_flags_refused_in_one_line(argv, message, capsys):
+    try:
+        code = run_cli(train.main, ["--max_steps", "1", *argv])  # refused by check_train_flags
+    except SystemExit as e:  # refused by the parser
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_adam_flags_are_the_trainers(files):
+    """--adam_beta1/2 and --adam_epsilon reach torch's AdamW as the Trainer's TrainingArguments pass them."""
+    args = train_parser().parse_args(["--adam_beta1", "0.8", "--adam_beta2", "0.95", "--adam_epsilon", "1e-6"])
+    cfg = TrainConfig(adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_epsilon=args.adam_epsilon)
+    t = Trainer(load_checkpoint(files["ckpt"]), np.zeros((4, 32), np.uint16), cfg, CPU)
+    group = t.optimizer.param_groups[0]
+    assert group["betas"] == (0.8, 0.95) and group["eps"] == 1e-6
+
+
+def test_docstring_schedule_example(files):
+    """gpt2/schedules.py's worked example (lr 1e-4, 10 steps, 2 warm-up, linear) is what the Trainer uses."""
     from fractions import Fraction
 
-    from gpt2 import trainer as trainer_module
+    from gpt2 import schedules
 
     rows = {}
-    for line in trainer_module.__doc__.splitlines():
+    for line in schedules.__doc__.splitlines():
         words = line.split()
         if words[:1] in (["factor"], ["rate"]) and len(words) == 11:
             rows[words[0]] = words[1:]
-    assert set(rows) == {"factor", "rate"}, "the example's table is gone from trainer.py's docstring"
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
-    ours = schedule("linear", opt, 2, 10)
-    rates = []
-    for _ in range(10):
-        rates.append(ours.get_last_lr()[0])
-        opt.step()
-        ours.step()
+    assert set(rows) == {"factor", "rate"}, "the example's table is gone from schedules.py's docstring"
+    cfg = TrainConfig(lr=1e-4, max_steps=10, warmup_steps=2, lr_scheduler="linear")
+    rates = trainer_lrs(Trainer(load_checkpoint(files["ckpt"]), np.zeros((4, 32), np.uint16), cfg, CPU))
     assert rates == pytest.approx([float(r) for r in rows["rate"]], rel=1e-12, abs=0)
     assert [r / 1e-4 for r in rates] == pytest.approx([float(Fraction(f)) for f in rows["factor"]], rel=1e-12, abs=0)
     assert rates == pytest.approx(reference_lrs("linear", 1e-4, 2, 10), rel=1e-12, abs=0)
 
-@pytest.mark.parametrize("kind,flag,value", [("linear", "--warmup_ratio", 0.3), ("cosine", "--warmup_ratio", 0.25),
-                                             ("constant_with_warmup", "--warmup_steps", 3),
-                                             ("constant", "--warmup_steps", 3)])
-def test_logged_learning_rates_match_get_scheduler(kind, flag, value, files, tmp_path):
+@pytest.mark.parametrize("kind,flag,value,kwargs", [
+    ("linear", "--warmup_ratio", 0.3, {}), ("cosine", "--warmup_ratio", 0.25, {}),
+    ("cosine_with_restarts", "--warmup_steps", 1, {"num_cycles": 2}), ("constant_with_warmup", "--warmup_steps", 3, {}),
+    ("constant", "--warmup_steps", 3, {})])
+def test_logged_learning_rates_match_get_scheduler(kind, flag, value, kwargs, files, tmp_path):
     """End to end: the learning_rate of every log line (--logging_steps 1) is transformers' rate for that step."""
     total = 7
-    out = run(files, tmp_path / "o", "--lr_scheduler_type", kind, flag, value, "--max_steps", total,
-              "--logging_steps", 1, val=False)
+    out = run(files, tmp_path / "o", "--lr_scheduler_type", kind, "--lr_scheduler_kwargs", json.dumps(kwargs), flag,
+              value, "--max_steps", total, "--logging_steps", 1, val=False)
     logged = losses(read_json(out / "log_history.json"))
     assert [e["step"] for e in logged] == list(range(1, total + 1))
     warmup = value if flag == "--warmup_steps" else hf_warmup_steps(value, total)
-    reference = reference_lrs(kind, 1e-3, warmup, total)
+    reference = reference_lrs(kind, 1e-3, warmup, total, kwargs)
     assert [e["learning_rate"] for e in logged] == pytest.approx(reference, rel=1e-12, abs=0)
     if kind != "constant":
         assert reference[0] == 0.0 and max(reference) == pytest.approx(1e-3)  # a warm-up took place
@@ -596,7 +653,6 @@ REFUSED_CASES = {  # the option, its value, and what the line must point to inst
     "--token": (["abc"], "--model DIR"),
     "--dtype": (["float16"], "--precision"),
     "--optim": (["adamw_torch"], "AdamW"),
-    "--adam_beta1": (["0.8"], "gpt2/trainer.py"),
     "--preprocessing_num_workers": (["4"], "tokenizers"),
     "--do_predict": ([], "evaluate.py"),
     "--log_level": (["info"], "stderr"),
