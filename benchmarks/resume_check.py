@@ -4,7 +4,7 @@
     python benchmarks/resume_check.py --precision fp32 --n-embd 768 --block 128 --threads 8
 
 Not a test: it reports, it asserts nothing (tests/test_train.py has the test). In one
-process, a Trainer runs K steps, saves resume.pt (checkpoint.save) and goes on to N (A).
+process, a Trainer runs K steps, saves resume.pt (checkpoint.state_dict + write) and goes on to N (A).
 A second Trainer, built from the same files as train.py builds it, loads that resume.pt
 (checkpoint.load) and runs from K to N (B). A and B share the weights' storage layout
 nowhere: B's optimizer moments are torch.load's tensors, its allocations come in another
@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 
 from gpt2 import checkpoint  # noqa: E402
 from gpt2.config import GPT2Config  # noqa: E402
+from gpt2.loop import History  # noqa: E402
 from gpt2.model import GPT2  # noqa: E402
 from gpt2.trainer import TrainConfig, Trainer  # noqa: E402
 from gpt2.weights import load_checkpoint, save_checkpoint  # noqa: E402
@@ -61,26 +62,24 @@ def main():
                                 attention_recompute=args.attention_recompute)
         cfg = TrainConfig(lr=1e-3, max_steps=args.steps, batch_size=2, precision=args.precision, progress=False,
                           log_every=1)
-        return Trainer(model, blocks, None, cfg, torch.device("cpu"), os.path.join(directory, "out"),
-                       print_fn=lambda *a, **k: None)
+        return Trainer(model, blocks, cfg, torch.device("cpu")), History(torch.device("cpu"))
 
     def run(t, until):
         steps = []
         while t.step < until:
-            micro_batches, tokens = t.step_micro_batches(t.step)
-            loss, grad_norm = t.optimizer_step(micro_batches, tokens)
-            t.step += 1
+            loss, grad_norm = t.optimizer_step(t.step_micro_batches(t.step))  # t.step moves on
             steps.append((t.step, loss.item(), grad_norm.item()))
         return steps
 
+    state = os.path.join(directory, "resume.pt")
     torch.manual_seed(42)
-    a = trainer()
+    a, history_a = trainer()
     run(a, args.save_at)
-    checkpoint.save(a)
+    checkpoint.write(checkpoint.state_dict(a, history_a, {}), state)
     steps_a = run(a, args.steps)
     torch.manual_seed(1234)  # whatever B's process had drawn: resume.pt's random state replaces it
-    b = trainer()
-    checkpoint.load(b, os.path.join(directory, "out", "resume.pt"))
+    b, history_b = trainer()
+    checkpoint.load(b, history_b, state)
     steps_b = run(b, args.steps)
 
     first = next((x[0] for x, y in zip(steps_a, steps_b) if x != y), None)

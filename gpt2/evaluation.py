@@ -91,9 +91,9 @@ def _exp(x):
 METRICS = {
     "eval_loss": Metric(lambda logits, t: cross_entropy(logits, t, reduction="none"),
                         higher_is_better=False, logged=True),
-    "eval_accuracy": Metric(lambda logits, t: logits.argmax(dim=-1) == t, higher_is_better=True, logged=True),
     "perplexity": Metric(None, higher_is_better=False, logged=False,
                          finish=lambda mean, metrics: _exp(metrics["eval_loss"])),
+    "eval_accuracy": Metric(lambda logits, t: logits.argmax(dim=-1) == t, higher_is_better=True, logged=True),
 }
 SUMMED = [name for name, m in METRICS.items() if m.per_prediction is not None]
 

@@ -22,6 +22,7 @@ import json
 import os
 
 from gpt2.errors import UserError
+from gpt2.evaluation import METRICS
 from gpt2.files import atomic_path, read_json
 from .outdir import RESULT_FILES, run_status
 from .report import format_lr, format_runtime
@@ -38,14 +39,11 @@ COLUMNS = [
     ("precision", "precision"),
     ("validation", "validation text"),
     ("train_loss", "train_loss"),
-    ("eval_loss", "eval_loss"),
-    ("perplexity", "perplexity"),
-    ("eval_accuracy", "eval_accuracy"),
+    *[(name, name) for name in METRICS],  # the eval metrics, as gpt2/evaluation.py lists them
     ("train_runtime", "train time"),
     ("status", "status"),
 ]
-NUMERIC = {"lr", "epochs", "effective_batch", "train_loss", "eval_loss", "perplexity", "eval_accuracy",
-           "train_runtime"}
+NUMERIC = {"lr", "epochs", "effective_batch", "train_loss", *METRICS, "train_runtime"}
 
 
 def is_run_dir(path) -> bool:
@@ -129,7 +127,7 @@ def comparison_rows(dirs, fresh_eval=None, fresh_source=None) -> list[dict]:
         # all_results.json merges the other two; a run may have only some of them.
         results = {**run["all_results"], **run["train_results"], **run["eval_results"]}
         if d in fresh_eval:
-            results = {k: v for k, v in results.items() if not (k.startswith("eval_") or k == "perplexity")}
+            results = {k: v for k, v in results.items() if not (k.startswith("eval_") or k in METRICS)}
             results.update(fresh_eval[d])
         rows.append({
             "run": name,
@@ -143,9 +141,7 @@ def comparison_rows(dirs, fresh_eval=None, fresh_source=None) -> list[dict]:
             # Rows measured just now were all measured by one command, on one text.
             "eval_setting": ("measured now", fresh_source) if d in fresh_eval else _eval_setting(args),
             "train_loss": results.get("train_loss"),
-            "eval_loss": results.get("eval_loss"),
-            "perplexity": results.get("perplexity"),
-            "eval_accuracy": results.get("eval_accuracy"),
+            **{name: results.get(name) for name in METRICS},
             # A resumed run's train_runtime is its last session's; the whole run's, where recorded.
             "train_runtime": results.get("train_runtime_total", results.get("train_runtime")),
             "last_session_only": _resumed(args) and "train_runtime_total" not in results
@@ -166,7 +162,7 @@ def not_comparable(rows) -> str | None:
     if len(settings) < 2:
         return None
     texts = list(dict.fromkeys(str(r["validation"]) for r in measured))  # in the rows' order, once each
-    return (f"not comparable: eval_loss, perplexity and eval_accuracy were measured on different validation "
+    return (f"not comparable: {', '.join(METRICS)} were measured on different validation "
             f"texts or block sizes ({', '.join(texts)}); python evaluate.py RUNS --validation-file FILE "
             f"measures them all on one")
 

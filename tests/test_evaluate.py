@@ -25,7 +25,7 @@ from harness.compare import comparison_rows, format_table, plot_curves
 from gpt2.data import make_blocks, split_blocks
 from harness.datasets import load_token_ids
 from gpt2.errors import UserError, run_cli
-from gpt2.evaluation import evaluate
+from gpt2.evaluation import METRICS, evaluate
 from gpt2.tokenizer import Tokenizer
 from gpt2.weights import load_checkpoint
 
@@ -34,8 +34,8 @@ _spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "evaluate.
 evaluate_cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(evaluate_cli)
 
-EVAL_KEYS = {"eval_loss", "eval_accuracy", "eval_runtime", "eval_samples", "eval_samples_per_second",
-             "eval_steps_per_second", "perplexity"}
+# The metrics of gpt2/evaluation.py's table, and the Trainer's timing keys.
+EVAL_KEYS = {*METRICS, "eval_runtime", "eval_samples", "eval_samples_per_second", "eval_steps_per_second"}
 BLOCK = 32
 CPU = torch.device("cpu")
 
