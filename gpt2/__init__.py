@@ -4,7 +4,8 @@ Read the modules in this order (the README's "Reading the code" gives the same o
 each opens with the idea it implements:
 
     the model        config -> model -> sampling -> loss -> weights -> tokenizer -> data
-    the training     precision -> trainer (one step) -> loop (the run) -> evaluation -> checkpoint
+    the training     settings -> precision -> trainer (one step) -> schedules -> loop (the run) ->
+                     evaluation -> checkpoint
     going further    lora -> attention -> distributed
     underneath       files -> errors
 

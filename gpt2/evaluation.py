@@ -17,6 +17,8 @@ gives the same numbers. They are the keys of run_clm's `***** eval metrics *****
 * eval_accuracy: the share of those N*(T-1) positions where the most likely token
   (the argmax of the logits) is the token that actually comes next. run_clm gets it
   by `preds[:, :-1]` vs `labels[:, 1:]` over all blocks; this is the same count.
+* eval_top5_accuracy (ours, not run_clm's): the share where the token that comes next
+  is among the 5 most likely. Fine-tuning often moves it more than the top-1.
 * eval_samples (N, the number of blocks), eval_runtime (seconds; reports print it as
   h:mm:ss.xx), eval_samples_per_second, eval_steps_per_second (a step = a batch),
   rounded as the Trainer rounds them.
@@ -94,6 +96,10 @@ METRICS = {
     "perplexity": Metric(None, higher_is_better=False, logged=False,
                          finish=lambda mean, metrics: _exp(metrics["eval_loss"])),
     "eval_accuracy": Metric(lambda logits, t: logits.argmax(dim=-1) == t, higher_is_better=True, logged=True),
+    # The next token is among the 5 most likely: fewer than 5 tokens score above it
+    # (one comparison pass over the logits; cheaper than sorting them with topk).
+    "eval_top5_accuracy": Metric(lambda logits, t: (logits > logits.gather(1, t[:, None])).sum(-1) < 5,
+                                 higher_is_better=True, logged=False),
 }
 SUMMED = [name for name, m in METRICS.items() if m.per_prediction is not None]
 
