@@ -83,7 +83,7 @@ def before(owner, name, action):
 def install_run_faults():
     """The single-process faults: signals and kills at exact moments of a run."""
     after(RunHooks, "save_state", lambda hooks, t, history: env("KILL_AT") == t.step and kill())
-    after(Trainer, "optimizer_step", lambda t, *a: t.step == env("CTRL_C_AT") - 1 and ctrl_c())
+    after(Trainer, "optimizer_step", lambda t, *a: t.step == env("CTRL_C_AT") and ctrl_c())  # t.step: steps done
 
     def die_before_the_update(t, *a):
         if t.step + 1 == env("KILL_IN_STEP"):  # clipping comes after backward, before AdamW
@@ -130,13 +130,13 @@ def install_run_faults():
     before(RunDir, "write_json", lambda out, name, obj: name == os.environ.get("KILL_AT_JSON") and kill())
 
     def hold_the_directory(t, *a):
-        if t.step == 1 and os.environ.get("SLEEP_MARKER"):
+        if t.step == 2 and os.environ.get("SLEEP_MARKER"):
             open(os.environ["SLEEP_MARKER"], "w").close()
             time.sleep(120)
     after(Trainer, "optimizer_step", hold_the_directory)
 
     def wait_for_a_signal(t, *a):
-        if t.step == 1 and os.environ.get("STEP_MARKER"):
+        if t.step == 2 and os.environ.get("STEP_MARKER"):
             open(os.environ["STEP_MARKER"], "w").close()
             time.sleep(1.0)
     after(Trainer, "optimizer_step", wait_for_a_signal)

@@ -315,7 +315,7 @@ def interrupt_at(step):
 
     def patched(self, *a, **k):
         result = original(self, *a, **k)
-        if self.step == step - 1:
+        if self.step == step:  # the steps done, this one included
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
@@ -466,7 +466,7 @@ def poison_at(step, name, row=None):
 
     def patched(self, *a, **k):
         result = original(self, *a, **k)
-        if self.step == step - 1:
+        if self.step == step:  # the steps done, this one included
             with torch.no_grad():
                 p = dict(self.model.named_parameters())[name]
                 if row is None:
