@@ -140,7 +140,7 @@ def test_metrics_match_trainer_evaluate(setup, tmp_path):
         logits = hf(x).logits
     plain = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten()).item()
     assert abs(ours["eval_loss"] - plain) <= 1e-5
-    top5 = (logits[:, :-1].topk(5).indices == x[:, 1:, None]).any(-1).float().mean().item()
+    top5 = (logits[:, :-1].topk(5).indices == x[:, 1:, None]).any(-1).double().mean().item()
     assert ours["eval_top5_accuracy"] == pytest.approx(top5, abs=1e-12)
 
     # Without the declared loss type, transformers 5.24's Trainer shows the quirk.

@@ -193,6 +193,24 @@ def test_a_diverging_rate_is_marked_failed_and_the_others_go_on(tiny, tmp_path, 
     assert "error: lr 1e30" in printed.err
 
 
+def sweep(plan, train_one):
+    """What train.py does with a Sweep, with `train_one(lr, directory)` in place of a training run."""
+    import argparse
+
+    lrs = [lr for lr, _ in plan]
+    runs = sweep_module.Sweep(argparse.Namespace(out=os.path.dirname(plan[0][1]), lr=lrs, overwrite=True,
+                                                 resume=False, train_file=None, validation_file=None,
+                                                 model="gpt2", keep_linebreaks=True))
+    for lr, run_args in runs:
+        try:
+            status = train_one(lr, run_args.out)
+        except UserError as e:
+            status = e
+        if not runs.record(lr, status):
+            break
+    return runs.finish()
+
+
 def test_sweep_exit_status_and_stale_status(tmp_path, capsys):
     """Exit 1 when every run failed; a rerun that succeeds clears the old verdict."""
     plan = run_dirs(str(tmp_path), [1e-3, 1e-4])
@@ -200,7 +218,7 @@ def test_sweep_exit_status_and_stale_status(tmp_path, capsys):
     def fail(lr, directory):
         raise UserError("the training loss became NaN/inf")
 
-    assert sweep_module.sweep(plan, fail) == 1
+    assert sweep(plan, fail) == 1
     assert all(os.path.exists(os.path.join(d, "status.json")) for _, d in plan)
 
     def succeed(lr, directory):
@@ -208,16 +226,16 @@ def test_sweep_exit_status_and_stale_status(tmp_path, capsys):
             json.dump({"train_loss": 1.0}, f)
         return 0
 
-    assert sweep_module.sweep(plan, succeed) == 0
+    assert sweep(plan, succeed) == 0
     assert [r["status"] for r in comparison_rows([d for _, d in plan])] == ["done", "done"]
     def nan_loss(lr, directory):  # what an fp16 run that diverged leaves: it "completes"
         with open(os.path.join(directory, "train_results.json"), "w") as f:
             json.dump({"train_loss": math.nan}, f)
         return 0
 
-    assert sweep_module.sweep(plan[:1], nan_loss) == 1
+    assert sweep(plan[:1], nan_loss) == 1
     assert comparison_rows([plan[0][1]])[0]["status"].startswith("failed: the training loss is NaN")
-    assert sweep_module.sweep(plan, lambda lr, d: 130) == 130  # Ctrl-C stops the sweep
+    assert sweep(plan, lambda lr, d: 130) == 130  # Ctrl-C stops the sweep
     assert "not started: --lr 1e-4" in capsys.readouterr().out
 
 
