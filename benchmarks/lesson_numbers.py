@@ -4,6 +4,7 @@
     python benchmarks/lesson_numbers.py checkpointing   # the time --checkpointing adds to a step
     python benchmarks/lesson_numbers.py vocab           # the LM head at 50,257 vs 50,304 tokens ("nice numbers")
     python benchmarks/lesson_numbers.py autocast        # which operations autocast runs in 16 bits
+    python benchmarks/lesson_numbers.py adamw           # one AdamW step of GPT-2 124M: fused, foreach, a loop
 
 Random GPT-2 weights (nothing is downloaded); times are medians of alternating rounds,
 so that a neighbour's load on a shared machine hits both variants alike.
@@ -83,6 +84,20 @@ def vocab(args):
               f"50,304 tokens {b * 1000:.0f} ms ({100 * (b / a - 1):+.1f} %)")
 
 
+def adamw(args):
+    model = GPT2(GPT2Config())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    from gpt2.trainer import param_groups
+    variants = {}
+    for kind, opts in (("fused", dict(fused=True)), ("foreach", dict(foreach=True)), ("loop", dict(foreach=False))):
+        opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-5, **opts)
+        variants[kind] = opt.step
+    t = _median_times(variants, args.rounds)
+    print("one AdamW step of GPT-2 124M (fp32, CPU): " + ", ".join(
+        f"{k} {v * 1000:.0f} ms ({t['loop'] / v:.1f}x the loop)" for k, v in t.items()))
+
+
 def autocast(args):
     from torch.utils._python_dispatch import TorchDispatchMode
     seen = {}
@@ -109,7 +124,7 @@ def autocast(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("step0", "checkpointing", "vocab", "autocast"))
+    p.add_argument("what", choices=("step0", "checkpointing", "vocab", "autocast", "adamw"))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--block", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3)

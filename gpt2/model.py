@@ -71,7 +71,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         past = 0
         if kv_cache is not None:
-            # Generation: keys/values of earlier tokens are kept, so each new token
+            # Generation (skip on a first reading): keys/values of earlier tokens are kept, so each new token
             # costs one row of attention instead of recomputing the whole prefix.
             past = len(kv_cache)
             k, v = kv_cache.update(k, v)  # (B, nh, past + T, hd)
