@@ -12,7 +12,10 @@ GPT-2's 50,257 tokens. The initialisation is chosen to give nearly that: the fin
 LayerNorm hands the LM head vectors of unit scale, the head's rows have std 0.02, so
 each logit has std about 0.02 x sqrt(n_embd) (0.32 at n_embd 256, 0.55 at 768): small,
 so the softmax is close to uniform. Measured on the demo corpus at seed 42: 10.81 for
-4 layers x 256 and 10.80 for GPT-2 small's shape (`python benchmarks/lesson_numbers.py step0`). A
+4 layers x 256 and 10.80 for GPT-2 small's shape (`python benchmarks/lesson_numbers.py step0`).
+On real text it can start a little lower: with tied weights, a position's final vector
+still holds its own token's embedding, so a random model favours repeating the current
+token, and text with repeats (runs of spaces in code) scores a bit better than chance. A
 step-0 loss far above ln(V) (15, 30) means the logits start large: the model begins
 confidently wrong and spends its first steps undoing that; far below means it is not
 random (a loaded checkpoint, or the labels leak into the input).

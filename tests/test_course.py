@@ -23,42 +23,47 @@ LN_V = math.log(50257)
 # --- the ten-minute path --------------------------------------------------------------
 
 def path_rows():
-    """(file, first line, last line, anchors) of each row of the README's reading path."""
+    """(file, [(first, last), ...], anchors) of each row of the README's reading path."""
     section = (README.split("### The ten-minute path", 1) + [""])[1].split("\n#", 1)[0]
-    rows = re.findall(r"^\| *\d+ *\| *`([\w/.]+)` *\| *(\d+)-(\d+) *\|(.*)\|\s*$", section, re.M)
-    return [(f, int(a), int(b), re.findall(r"`([A-Za-z_][\w.]*)`", what)) for f, a, b, what in rows]
+    rows = re.findall(r"^\| *\d+ *\| *`([\w/.]+)` *\| *([\d, -]+?) *\|(.*)\|\s*$", section, re.M)
+    return [(f, [tuple(map(int, r.split("-"))) for r in ranges.split(", ")], re.findall(r"`([A-Za-z_][\w.]*)`", what))
+            for f, ranges, what in rows]
 
 
 def test_the_path_lists_about_700_lines():
     rows = path_rows()
     assert len(rows) >= 8
-    total = sum(b - a + 1 for _, a, b, _ in rows)
+    total = sum(b - a + 1 for _, ranges, _ in rows for a, b in ranges)
     assert 600 <= total <= 800, f"the ten-minute path is {total} lines"
-    assert f"{total} lines" in README, "the README states the path's length: update it"
+    assert f"{total} lines" in README, f"the README states the path's length: {total} lines"
 
 
-@pytest.mark.parametrize("row", path_rows(), ids=lambda r: f"{r[0]}:{r[1]}-{r[2]}")
+@pytest.mark.parametrize("row", path_rows(), ids=lambda r: f"{r[0]}:{r[1][0][0]}")
 def test_each_range_holds_what_the_readme_says(row):
-    """Each row's range holds every name it quotes, as a def, a class or at least a word:
-    edit the code above a range and this says which row to move."""
-    path, first, last, anchors = row
+    """Each row's ranges hold every name it quotes (a def, a class, or at least the word), and
+    each range starts at the beginning of something: edit the code above a range and this
+    says which row to move."""
+    path, ranges, anchors = row
     lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
-    assert 1 <= first <= last <= len(lines), f"{path} has {len(lines)} lines"
-    text = "\n".join(lines[first - 1:last])
-    assert anchors, f"{path} {first}-{last}: the row names nothing to find there"
+    for first, last in ranges:
+        assert 1 <= first <= last <= len(lines), f"{path} has {len(lines)} lines"
+        head = lines[first - 1].strip()
+        assert first == 1 or head.startswith(("def ", "class ", "@", "#", '"""')), \
+            f"{path}:{first} starts mid-way: {head}"
+        assert last == len(lines) or not lines[last].startswith((" ", "\t")) or not lines[last].strip() \
+            or lines[last].strip().startswith(("#", "@", "def ")), f"{path}:{last} ends mid-way"
+    text = "\n".join("\n".join(lines[a - 1:b]) for a, b in ranges)
+    assert anchors, f"{path} {ranges}: the row names nothing to find there"
     for anchor in anchors:
         name = anchor.split(".")[-1]
         assert re.search(rf"\b(def|class) {name}\b", text) or re.search(rf"\b{re.escape(name)}\b", text), \
-            f"{path} {first}-{last}: no {anchor} there"
-    # A range starts at the beginning of something: a docstring, a def, a class, a comment.
-    head = lines[first - 1].strip()
-    assert first == 1 or head.startswith(("def ", "class ", "@", "#", '"""')), f"{path}:{first} starts mid-way: {head}"
+            f"{path} {ranges}: no {anchor} there"
 
 
 def test_the_path_ranges_do_not_overlap():
     by_file = {}
-    for path, a, b, _ in path_rows():
-        by_file.setdefault(path, []).append((a, b))
+    for path, ranges, _ in path_rows():
+        by_file.setdefault(path, []).extend(ranges)
     for path, ranges in by_file.items():
         ranges.sort()
         assert all(b1 < a2 for (_, b1), (a2, _) in zip(ranges, ranges[1:])), path
