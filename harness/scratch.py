@@ -1,12 +1,12 @@
 """train.py --from-scratch: a small GPT-2 initialised at random, from the flags (gpt2/scratch.py explains).
 
-    python train.py --from-scratch --lr 1e-3 --max-steps 300 --out scratch/          # 4 layers x 256
+    python train.py --from-scratch --lr 1e-3 --max-steps 200 --out scratch/          # 4 layers x 128
     python train.py --from-scratch --n-layer 6 --n-embd 384 --n-head 6 --train-file my.txt ...
 
 The model's shape is model config, not a training setting: these flags build a
 GPT2Config (gpt2/config.py) and are written into the run's config.json, as a
 pretrained model's shape is read from its own. The context (n_positions) is the
-block size, 256 unless --block-size says otherwise. The tokenizer is GPT-2's
+block size, 128 unless --block-size says otherwise. The tokenizer is GPT-2's
 (weights/gpt2/, shipped), so the vocabulary is its 50,257 tokens.
 """
 
@@ -17,8 +17,8 @@ from gpt2.errors import UserError
 from gpt2.scratch import initial_loss, new_model, step0_line
 from gpt2.tokenizer import SHIPPED_DIR
 
-SHAPE = dict(n_layer=4, n_head=4, n_embd=256)  # a few minutes on a CPU (docs/course.md)
-BLOCK_SIZE = 256
+SHAPE = dict(n_layer=4, n_head=4, n_embd=128)  # minutes on a CPU: the LM head over 50,257 tokens dominates
+BLOCK_SIZE = 128
 
 
 def add_args(p):
