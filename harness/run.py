@@ -265,7 +265,7 @@ def describe(args, run: Run, total_steps: int) -> dict:
     local = os.path.isdir(args.model) and args.model not in ALIASES
     cfg = run.cfg
     return {**vars(args), **settings.record(cfg), **paths,
-            "model": os.path.abspath(args.model) if local else args.model,
+            "model": scratch.name(args) if args.from_scratch else os.path.abspath(args.model) if local else args.model,
             "block_size": run.train_blocks.shape[1], "world_size": run.dist.world_size,
             "effective_batch": cfg.batch_size * cfg.grad_accum * run.dist.world_size,
             "total_steps": total_steps, "data": {k: v for k, v in run.data_info.items() if k != "summary"}}

@@ -69,6 +69,12 @@ def build(args, **options):
     return model, os.fspath(SHIPPED_DIR), note
 
 
+def name(args) -> str:
+    """What run_args.json (and the table of runs' "started from") says instead of a model's name."""
+    cfg = config(args)
+    return f"random init ({cfg.n_layer} layers x {cfg.n_embd}, seed {args.seed})"
+
+
 def step0_note(model, train_blocks, batch_size) -> str:
     """The loss before any update, on the first blocks, beside ln(V) (gpt2/scratch.py)."""
     return step0_line(initial_loss(model, train_blocks[:max(2, batch_size)]), model.config.vocab_size)

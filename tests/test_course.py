@@ -152,6 +152,7 @@ def test_from_scratch_trains_a_random_model(tmp_path):
     assert len(losses) == 24 and losses[-1] < losses[0] - 1.0, losses
     config = json.loads((out / "config.json").read_text())
     assert (config["n_layer"], config["n_head"], config["n_embd"], config["n_positions"]) == (2, 2, 32, 32)
+    assert json.loads((out / "run_args.json").read_text())["model"] == "random init (2 layers x 32, seed 42)"
 
 
 @pytest.mark.parametrize("flags, message", [
