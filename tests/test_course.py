@@ -194,3 +194,14 @@ def test_dropout_of_a_run_is_not_written_into_its_config(tiny_ckpt, tmp_path):
     assert [saved[k] for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop")] == \
         [base[k] for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop")] != [0.3] * 3
     assert json.loads((out / "run_args.json").read_text())["dropout"] == 0.3
+
+
+def test_plan_of_a_from_scratch_run_counts_its_own_shape(capsys):
+    """--plan with --from-scratch plans the new model, not GPT-2 (whose config.json it would read)."""
+    import train
+    assert train.main(["--from-scratch", "--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--plan",
+                       "--device", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    n = GPT2(GPT2Config(n_positions=128, n_layer=2, n_embd=64, n_head=2)).parameters()
+    assert first.startswith(f"memory plan: random init (2 layers x 64, seed 42), "
+                            f"{sum(p.numel() for p in n) / 1e6:.1f}M parameters"), first
