@@ -1,4 +1,4 @@
-"""The CPU measurements of benchmarks/README.md: groups of bench.py runs, round-robin.
+"""The CPU measurements of docs/performance.md: groups of bench.py runs, round-robin.
 
     python benchmarks/cpu_suite.py speed256 --rounds 3      # block 256: the defaults, fp32, bf16, options
     python benchmarks/cpu_suite.py compile256 --rounds 2    # torch.compile, fp32 and bf16

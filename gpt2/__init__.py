@@ -1,11 +1,11 @@
 """A hand-written GPT-2 for fine-tuning, in plain PyTorch: the lesson.
 
-Read the modules in this order (the README's "Reading the code" gives the same one);
-each opens with the idea it implements:
+Read the modules in this order (the README's "ten-minute path" gives the line ranges of
+the first part; docs/course.md every module); each opens with the idea it implements:
 
-    the model        config -> model -> sampling -> loss -> weights -> tokenizer -> data
-    the training     settings -> precision -> trainer (one step) -> schedules -> loop (the run) ->
-                     evaluation -> checkpoint
+    the step, first  model -> loss -> trainer (one step) -> precision -> schedules -> loop (the run)
+    then             data -> evaluation -> sampling -> scratch -> checkpoint -> settings
+    the formats      config -> weights -> tokenizer
     going further    lora -> attention -> distributed
     underneath       files -> errors
 

@@ -181,7 +181,9 @@ def epoch_permutation(n_blocks: int, seed: int, epoch: int) -> np.ndarray:
 
     It depends only on (seed, epoch), not on any generator state carried along, so a
     run resumed in the middle of an epoch can rebuild the same order and skip the
-    batches it already did.
+    batches it already did. The pair is combined by numpy's SeedSequence, which mixes
+    its entries: with `seed + epoch` instead, seed 42's second epoch would be seed 43's
+    first, and two runs "with different seeds" would share most of their orders.
     """
-    g = torch.Generator().manual_seed(seed + epoch)
-    return torch.randperm(n_blocks, generator=g).numpy()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch]))
+    return rng.permutation(n_blocks)

@@ -156,7 +156,7 @@ def train(trainer, val_blocks, hooks: Hooks, history: History | None = None):
     # (nothing has changed yet) instead of waiting for its backward. The random state from
     # before the step is put back, so the resumed run draws the same dropout masks. Not
     # under torchrun (every process must join each step's all-reduce), nor on a GPU
-    # (steps are short there).
+    # (steps are short there). Signals: skip this on a first reading.
     can_drop = t.device.type == "cpu" and not t.dist.enabled
     while t.step < t.total_steps and reason is None:
         rng = rng_state(t.device) if can_drop else None

@@ -26,7 +26,9 @@ next module to read. Three options change how much memory a training step takes,
 never what it computes; skip them on a first reading:
 
 * `checkpointing`: keep only each block's input, and recompute the block's inside
-  during backward (a second forward pass through every block, ~30% more time).
+  during backward (a second forward pass through every block: +30 % time for GPT-2
+  124M at 1 x 256 in fp32 on this project's CPU, `python benchmarks/lesson_numbers.py
+  checkpointing`).
 * `attention_recompute`: the same for attention's T x T part only (attention.py: on
   the CPU it keeps just the dropout mask; train.py's default at long CPU blocks).
 * `loss_chunk`: the LM head and the loss a chunk of positions at a time (loss.py).
@@ -69,7 +71,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         past = 0
         if kv_cache is not None:
-            # Generation: keys/values of earlier tokens are kept, so each new token
+            # Generation (skip on a first reading): keys/values of earlier tokens are kept, so each new token
             # costs one row of attention instead of recomputing the whole prefix.
             past = len(kv_cache)
             k, v = kv_cache.update(k, v)  # (B, nh, past + T, hd)
@@ -184,9 +186,14 @@ class GPT2(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight
         for block in self.transformer.h:
             block.attn.recompute = attention_recompute
+        # GPT-2's random init (what a model trained from scratch starts from, scratch.py;
+        # a checkpoint's weights then replace it). Every matrix N(0, 0.02^2): small enough
+        # that the first logits are nearly equal (step-0 loss ~ ln(vocab)), large enough
+        # for distinct gradients. The stream x gets 2 additions per block (attention,
+        # MLP); added up, 2 x n_layer independent terms would grow its variance 2 x n_layer
+        # times, so the two projections that write them (c_proj) get std 0.02 / sqrt(2 x
+        # n_layer): the sum ends at the scale of one term. (As transformers' GPT-2.)
         self.apply(self._init_weights)
-        # GPT-2's init: projections that write into the residual stream are scaled
-        # down by sqrt(2 * n_layer), so the stream's variance does not grow with depth.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))

@@ -2,9 +2,25 @@
 
 A GPU multiplies 16-bit floats several times faster than 32-bit ones, and 16-bit
 activations take half the memory. `torch.amp.autocast` runs the matmuls in 16 bits
-while keeping the weights, the optimizer state and precision-sensitive operations
-(LayerNorm, softmax, the loss) in fp32. A float is a sign, an exponent (the range)
-and a mantissa (the precision); two 16-bit formats split the bits differently:
+and keeps the weights and the optimizer state in fp32. Which operations run in 16
+bits, listed for a forward and backward on the CPU in bf16 by
+`python benchmarks/lesson_numbers.py autocast`:
+
+    16 bits   every nn.Linear's matmul (c_attn, c_proj, c_fc, the LM head), and what
+              works on their 16-bit outputs: the tanh GELU, the dropout masks
+    fp32      the embeddings, every LayerNorm (autocast casts its input up), the
+              residual stream (a 16-bit branch added to the fp32 stream gives fp32),
+              the log-softmax and the loss (loss.py casts the logits up), the
+              gradients of the weights, AdamW
+    attention autocast hands scaled_dot_product_attention 16-bit q, k, v. On the CPU
+              its math path (training, with dropout) computes the scores, the softmax
+              and the product with v in fp32 (measured). On CUDA the flash and
+              memory-efficient kernels keep the softmax's running max and sum in fp32
+              but multiply 16-bit probabilities by v (FlashAttention's design; not
+              measured here: no GPU on this project's machine)
+
+A float is a sign, an exponent (the range) and a mantissa (the precision); two
+16-bit formats split the bits differently:
 
     format  sign exponent mantissa  largest   smallest normal  decimal digits
     fp32    1    8        23        3.4e38    1.2e-38          ~7.2

@@ -117,7 +117,7 @@ def epochs(text) -> float:
 
 
 def seed(text) -> int:
-    """A random seed: 0 .. 2**32 - 1, so that seed + epoch and seed + rank stay valid seeds."""
+    """A random seed: 0 .. 2**32 - 1, so that seed + rank (dropout, train.py) stays a valid seed."""
     v = integer(text)
     if not 0 <= v < 2**32:
         raise ValueError(f"must be between 0 and {2**32 - 1}, got {v}")

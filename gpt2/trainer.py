@@ -158,13 +158,14 @@ class Trainer:
         self.micro_per_epoch, self.micro_per_step = counts.micro_per_epoch, counts.micro_per_step
         self.steps_per_epoch, self.total_steps = counts.steps_per_epoch, counts.total_steps
         self.warmup_steps = counts.warmup_steps
-        self.tokens_per_step = self.micro_per_step * cfg.batch_size * self.train_blocks.shape[1]
+        # Predicted tokens (T-1 per block: loss.py) of a full step; a short last step has fewer.
+        self.tokens_per_step = self.micro_per_step * cfg.batch_size * (self.train_blocks.shape[1] - 1)
 
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_epsilon,
             # One kernel for all parameters instead of several passes per tensor; on the CPU
-            # too (torch >= 2.4), where it is ~8x faster than the default for GPT-2 124M.
+            # too (torch >= 2.4): 1.9x the default loop for GPT-2 124M (benchmarks/lesson_numbers.py adamw).
             fused=device.type in ("cuda", "cpu"),
         )
         self.scheduler = make_schedule(cfg.lr_scheduler, self.optimizer, self.warmup_steps, self.total_steps,
@@ -202,6 +203,13 @@ class Trainer:
             mine = [MicroBatch(perm[:1], 0.0)]  # it still joins the gradient all-reduce, with zero weight
         return mine
 
+    def predicted_tokens(self, first, last) -> int:
+        """The tokens predicted (T-1 per block) by steps first .. last-1, all processes: a short
+        last step of an epoch counts its own blocks, not a full step's."""
+        per_step = self.micro_per_step * self.cfg.batch_size
+        blocks = sum(min(per_step, self.n_train - (s % self.steps_per_epoch) * per_step) for s in range(first, last))
+        return blocks * (self.train_blocks.shape[1] - 1)
+
     # --- one optimizer step: accumulation, scaler, clipping, AdamW, schedule ---------
     def optimizer_step(self, micro_batches: list[MicroBatch], stop=None):
         """One optimizer step over these micro-batches; (the step's mean loss, grad norm), on the device.
@@ -215,7 +223,7 @@ class Trainer:
         step_loss = torch.zeros((), device=self.device)
         for i, mb in enumerate(micro_batches):
             x = to_batch(self.train_blocks, mb.indices, self.device)  # (b, T)
-            # (torchrun, distributed.py: DDP averages gradients over the processes; multiply
+            # (torchrun, skip on a first reading; distributed.py: DDP averages gradients over the processes; multiply
             # back by world_size so that the sum over all micro-batches of all processes is
             # the mean over the step's tokens. And all-reduce once per step, at its end.)
             sync = i == len(micro_batches) - 1
@@ -263,7 +271,7 @@ class Trainer:
             "train_samples": samples,
             "train_samples_per_second": round(steps_run / self.steps_per_epoch * samples / runtime, 3),
             "train_steps_per_second": round(steps_run / runtime, 3),
-            "train_tokens_per_second": round(steps_run * self.tokens_per_step / runtime),
+            "train_tokens_per_second": round(self.predicted_tokens(self.step - steps_run, self.step) / runtime),
             "train_peak_memory_mb": peak_memory_mb(self.device),
         }
         if self.skipped:

@@ -344,11 +344,14 @@ def to_hf(model: GPT2) -> dict:
     return out
 
 
-def save_checkpoint(model: GPT2, directory: str) -> None:
-    """Write model.safetensors + config.json, each atomically (see files.py)."""
+def save_checkpoint(model: GPT2, directory: str, config: GPT2Config | None = None) -> None:
+    """Write model.safetensors + config.json, each atomically (see files.py).
+
+    config: the config.json to write, if not the model's own (a run's --dropout is the
+    run's, not the model's: harness/run.py passes the checkpoint's config)."""
     os.makedirs(directory, exist_ok=True)
     raw = model._orig_mod if hasattr(model, "_orig_mod") else model  # unwrap torch.compile
     path = os.path.join(directory, "model.safetensors")
     with atomic_path(path) as tmp, library_write(path):
         save_file(to_hf(raw), tmp, metadata={"format": "pt"})
-    raw.config.to_json(os.path.join(directory, "config.json"))
+    (config or raw.config).to_json(os.path.join(directory, "config.json"))

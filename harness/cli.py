@@ -17,7 +17,7 @@ import sys
 
 from gpt2 import schedules, settings
 from gpt2.errors import UserError
-from . import hub, outdir
+from . import hub, outdir, scratch
 from .report import summary_writer_class
 from gpt2.precision import CHOICES as PRECISIONS
 
@@ -237,6 +237,7 @@ def train_parser():
     add_settings(groups)
     _add_optimisation_args(groups["optimisation"])
     _add_lora_args(lora)
+    scratch.add_args(p)  # --from-scratch and the new model's shape (harness/scratch.py)
     _add_output_args(groups[settings.OUTPUT])
     _add_evaluation_args(groups[settings.EVALUATION])
     _add_lr_finder_args(lr_finder)
@@ -332,6 +333,7 @@ def _add_memory_args(g):
 def check_train_flags(args):
     """Combinations of train.py's flags that cannot work, refused before anything is loaded."""
     hub.check_endpoint()
+    scratch.check(args)
     for lr in args.lr:
         if lr * args.weight_decay >= 1:
             raise UserError(f"--weight-decay {args.weight_decay:g} with --lr {lr:g}: each step would multiply the "

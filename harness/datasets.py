@@ -218,9 +218,10 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
         val_ids, val_sha256 = _file_ids(validation_file, tokenizer, cache_dir, keep_linebreaks)
         val = make_blocks(val_ids, block_size, val_source)
         train = blocks
-        if train_file is not None and _same_file(train_file, validation_file):
-            print("warning: the validation file is the training file: eval_loss will "
-                  "measure memorisation, not generalisation", file=sys.stderr)
+        # The same file under another name, or a copy of it: the hashes say so either way.
+        if train_file is not None and (val_sha256 == train_sha256 or _same_file(train_file, validation_file)):
+            print("warning: the validation file is the training file (the same content): eval_loss will "
+                  "measure memorisation, not generalisation (docs/lifecycle.md)", file=sys.stderr)
     else:
         train, val = split_blocks(blocks, validation_percent, train_source)
         val_source = None if val is None else f"last {validation_percent}% of {train_source}"

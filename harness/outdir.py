@@ -253,7 +253,8 @@ def save_model(run, directory, base_model):
     the model's own tokenizer; with LoRA, the merged weights and the adapter in adapter/
     (base_model: what the adapter's config names as its base). Called by the main process."""
     model = run.model
-    save_checkpoint(merged_model(model) if getattr(model, "lora_config", None) else model, directory)
+    save_checkpoint(merged_model(model) if getattr(model, "lora_config", None) else model, directory,
+                    config=getattr(run, "saved_config", None))  # without this run's --dropout
     copy_files(run.tokenizer.files, directory)
     # No other tokenizer's files: a vocab.json left by an earlier run beside a new
     # tokenizer.json would describe another vocabulary.

@@ -22,6 +22,7 @@ from gpt2.errors import UserError
 from gpt2.files import write_json
 from gpt2.precision import eval_note, eval_precision, pick_device, resolve_precision
 
+from . import scratch
 from .batch import choose_batch
 from .hub import ALIASES, default_weights_dir, is_hub_id
 from .memory import CUDA_BASELINE_NOTE, MB, PART_NOTES, Settings, count_parameters, plan
@@ -226,7 +227,8 @@ def device_memory(device) -> tuple:
 
 def main(args) -> int:
     """train.py --plan: print the plan of the run these flags describe; --json PATH: write it too."""
-    cfg = model_config(args.model, args.weights_dir)
+    cfg = scratch.config(args) if args.from_scratch else model_config(args.model, args.weights_dir)
+    name = scratch.name(args) if args.from_scratch else args.model
     if args.dropout is not None:  # the CPU's attention path depends on it (attention_kernel)
         cfg = cfg.with_dropout(args.dropout)
     device = planned_device(args.device, args.memory)
@@ -237,7 +239,7 @@ def main(args) -> int:
         return pick_attention_recompute(args.attention_recompute, device, checkpointing, s.block_size,
                                         lora=bool(lora_rank))[0]
 
-    print(format_plan(cfg, s, memory, lora=True, name=args.model, recompute=recompute))
+    print(format_plan(cfg, s, memory, lora=True, name=name, recompute=recompute))
     print(f"\nmemory to fit: {memory / MB:,.0f} MB ({what})")
     for note in notes:
         print(note)

@@ -38,6 +38,7 @@ from .datasets import build_datasets, default_cache_dir, validation_dataset
 from gpt2.errors import UserError
 from .hub import ALIASES, resolve
 from .report import format_lr
+from . import scratch
 from gpt2.lora import add_lora, trainable_parameters
 from gpt2.model import GPT2
 from gpt2.precision import eval_note, eval_precision, resolve_precision, use_tf32
@@ -72,6 +73,7 @@ class Run:
     device: torch.device
     dist: distributed.Dist
     notes: list              # the decisions taken, one line each, printed in the run header
+    saved_config: GPT2Config | None = None  # the config.json a saved model gets (its dropout: the model's own)
 
 
 def setup(args, lr) -> Run:
@@ -83,13 +85,20 @@ def setup(args, lr) -> Run:
     loss_chunk, chunk_why = pick_loss_chunk(args.loss_chunk, device)
     if not dist.is_main:
         dist.barrier()  # rank 0 downloads and tokenizes first (see the module docstring)
-    model_dir = resolve(args.model, args.weights_dir)  # a name is downloaded into weights/ (hub.py)
-    config = GPT2Config.from_json(os.path.join(model_dir, "config.json"))  # read before the model: it decides
+    if args.from_scratch:  # a new random model, its shape from the flags (harness/scratch.py)
+        model_dir, config = None, scratch.config(args)
+    else:
+        model_dir = resolve(args.model, args.weights_dir)  # a name is downloaded into weights/ (hub.py)
+        config = GPT2Config.from_json(os.path.join(model_dir, "config.json"))  # read before the model: it decides
     block_size = pick_block_size(args.block_size, config.n_positions)
     recompute, recompute_why = pick_attention_recompute(args.attention_recompute, device, args.checkpointing,
                                                         block_size, lora=bool(args.lora))
-    model = load_checkpoint(model_dir, dropout=args.dropout, config=config, checkpointing=args.checkpointing,
-                            loss_chunk=loss_chunk, attention_recompute=recompute)
+    options = dict(checkpointing=args.checkpointing, loss_chunk=loss_chunk, attention_recompute=recompute)
+    if args.from_scratch:
+        model, model_dir, model_note = scratch.build(args, **options)
+    else:
+        model = load_checkpoint(model_dir, dropout=args.dropout, config=config, **options)
+        model_note = f"model: {args.model}" + (f" ({model_dir})" if model_dir != args.model else "")
     tokenizer = Tokenizer.for_checkpoint(model_dir, model.config.vocab_size)
     train_blocks, val_blocks, info = load_data(args, tokenizer, block_size)
     if dist.is_main:
@@ -104,13 +113,17 @@ def setup(args, lr) -> Run:
     if dist.is_main and cfg.eval_strategy != "no" and val_blocks is None:
         print("warning: evaluations during training asked for, but there is no validation data "
               "(--validation-split 0 and no --validation-file): none will run", file=sys.stderr)
-    notes = [f"model: {args.model}" + (f" ({model_dir})" if model_dir != args.model else ""),
+    notes = [model_note,
              f"precision {precision}: {why}{eval_note(precision, cfg.eval_precision)}",
              f"loss: {chunk_why}", f"attention: {recompute_why}",
              *training_notes(args, model, cfg, step_counts(len(train_blocks), cfg, dist.world_size))]
     notes += [batch_note] if batch_note else []
     notes += [tokenizer.describe()]
-    return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes)
+    if args.from_scratch:  # the first sanity check: a random model's loss is about ln(vocabulary)
+        notes += [scratch.step0_note(model, train_blocks, micro)]
+    # config.json of what this run saves: the model's own dropout, not this run's --dropout
+    # (a training choice, kept in run_args.json; docs/lifecycle.md).
+    return Run(model, model_dir, tokenizer, train_blocks, val_blocks, info, cfg, device, dist, notes, config)
 
 
 def training_notes(args, model, cfg, counts) -> list[str]:
@@ -252,7 +265,7 @@ def describe(args, run: Run, total_steps: int) -> dict:
     local = os.path.isdir(args.model) and args.model not in ALIASES
     cfg = run.cfg
     return {**vars(args), **settings.record(cfg), **paths,
-            "model": os.path.abspath(args.model) if local else args.model,
+            "model": scratch.name(args) if args.from_scratch else os.path.abspath(args.model) if local else args.model,
             "block_size": run.train_blocks.shape[1], "world_size": run.dist.world_size,
             "effective_batch": cfg.batch_size * cfg.grad_accum * run.dist.world_size,
             "total_steps": total_steps, "data": {k: v for k, v in run.data_info.items() if k != "summary"}}

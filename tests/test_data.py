@@ -595,12 +595,20 @@ def test_same_file_warns_once(tok, tmp_path, capsys):
         train, val, _ = datasets.build_datasets(str(path), validation, 0, 4, tok, None)
         err = capsys.readouterr().err
         assert err.count(SAME_FILE_WARNING) == 1
-        assert err == ("warning: the validation file is the training file: eval_loss will "
-                       "measure memorisation, not generalisation\n")
+        assert err == ("warning: the validation file is the training file (the same content): eval_loss will "
+                       "measure memorisation, not generalisation (docs/lifecycle.md)\n")
         assert train.tolist() == val.tolist()
-    other = write(tmp_path / "other.txt", "some words to train on\n" * 4)
+    other = write(tmp_path / "other.txt", "some other words to check on\n" * 4)
     datasets.build_datasets(str(path), str(other), 0, 4, tok, None)
     assert SAME_FILE_WARNING not in capsys.readouterr().err
+
+
+def test_a_copy_of_the_training_file_warns_too(tok, tmp_path, capsys):
+    # Another path, another inode, the same bytes: eval_loss still measures memorisation.
+    path = write(tmp_path / "t.txt", "some words to train on\n" * 4)
+    copy = write(tmp_path / "copy.txt", "some words to train on\n" * 4)
+    datasets.build_datasets(str(path), str(copy), 0, 4, tok, None)
+    assert capsys.readouterr().err.count(SAME_FILE_WARNING) == 1
 
 
 # --- shuffling and the demo -----------------------------------------------------
@@ -611,6 +619,14 @@ def test_epoch_permutation():
     assert a.tolist() == data.epoch_permutation(1000, seed=42, epoch=3).tolist()
     assert a.tolist() != data.epoch_permutation(1000, seed=42, epoch=4).tolist()
     assert a.tolist() != data.epoch_permutation(1000, seed=7, epoch=3).tolist()
+
+
+def test_epoch_permutation_seeds_do_not_share_epochs():
+    # With seed + epoch, seed 42's second epoch was seed 43's first: two "different" runs
+    # saw the same orders, shifted by one epoch. Every (seed, epoch) pair is its own order.
+    orders = {(s, e): tuple(data.epoch_permutation(100, seed=s, epoch=e)) for s in (42, 43) for e in (0, 1, 2)}
+    assert len(set(orders.values())) == len(orders)
+    assert orders[(42, 1)] != orders[(43, 0)]
 
 
 def test_demo_text():

@@ -128,6 +128,17 @@ def test_short_last_micro_batch_is_weighted_by_tokens(tiny_ckpt):
         assert (x - y)[clear].abs().max().item() <= 1e-6, name
 
 
+def test_tokens_per_second_counts_predicted_tokens_and_short_steps(tiny_ckpt):
+    """7 blocks of T = 32, micro-batch 2 x accumulation 2: steps of 4 and 3 blocks, each block
+    31 predictions. Two epochs: 2 x 7 x 31 tokens (not 4 steps x 4 x 32)."""
+    t, _ = train_ours(load_checkpoint(tiny_ckpt), random_blocks(7), lr=1e-3, epochs=2, batch_size=2, grad_accum=2)
+    assert t.step == 4 and t.tokens_per_step == 4 * 31
+    assert t.predicted_tokens(0, 4) == 2 * 7 * 31
+    assert t.predicted_tokens(1, 2) == 3 * 31  # the short last step of an epoch
+    metrics = t.metrics(loss_sum=0.0, steps_run=4, runtime=2.0)
+    assert metrics["train_tokens_per_second"] == round(2 * 7 * 31 / 2.0)
+
+
 # --- the CLI, end to end --------------------------------------------------------
 
 def run_train(*args, check=True, env=None):
