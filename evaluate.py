@@ -28,6 +28,7 @@ from harness.compare import comparison_rows, format_table, is_run_dir, plot_curv
 from harness.evaldata import check_model_arg, run_args_of, validation_blocks
 from harness.hub import resolve
 from harness.report import metrics_block
+from harness import streams
 from harness.run import pick_block_size
 
 
@@ -175,4 +176,5 @@ def print_table(args, measured):
 
 
 if __name__ == "__main__":
+    streams.guard()  # a character the terminal cannot spell is escaped, never a traceback
     sys.exit(run_cli(main))

@@ -24,7 +24,7 @@ from gpt2.lora import adapter_dir, merged_model, save_adapter
 from gpt2.loop import History
 from gpt2.trainer import Trainer
 from gpt2.weights import save_checkpoint
-from harness import hub, lr_finder, outdir, plan, sweep
+from harness import hub, lr_finder, outdir, plan, streams, sweep
 from harness.cli import train_parser
 from harness.hooks import RunHooks, bytes_needed
 from harness.report import Logger, metrics_block, summary_writer_class
@@ -74,7 +74,7 @@ def train(args, lr):
     hooks = RunHooks(args.out, run.dist, logger, interrupt, save_model, run.data_info, run.cfg.progress,
                      run_args=describe(args, run, trainer.total_steps))
     history = History(run.device)
-    out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer))
+    out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer), model_dir=run.model_dir)
     try:
         with interrupt:  # from here on, a signal keeps what was earned (harness/signals.py)
             for note in run.notes:
@@ -107,8 +107,10 @@ def train(args, lr):
 
 def resume(trainer, history, state, data_info, hooks):
     """Continue from a resumable state: the trainer, the history, and log.jsonl cut back to it."""
-    checkpoint.load(trainer, history, state, data_info)
+    notes = checkpoint.load(trainer, history, state, data_info)
     hooks.resumed(trainer, history)
+    for note in notes:  # a resume that will not be bit-exact says so
+        hooks.print(note)
 
 
 def checked_state(args, lr):
@@ -142,6 +144,9 @@ def save_run(out, save_model, run_args, train_metrics, log_history):
     out.write_json("run_args.json", run_args)
     out.write_json("train_results.json", train_metrics)
     out.write_json("log_history.json", log_history)
+    # The model is whole: from here on the directory is a finished run (whatever kills the
+    # final evaluation), and only then does the resumable state go.
+    out.set_status("done", note="the final evaluation did not finish (still running, or killed)")
     out.remove("resume.pt")  # the run is complete: the final model supersedes it
 
 
@@ -207,6 +212,8 @@ def check_flags(args):
     evaluating = args.eval_strategy in ("steps", "epoch") or (args.eval_strategy is None and args.eval_every)
     if (args.save_best or args.patience) and not evaluating:
         raise UserError("--save-best and --patience act on evaluations during training: add --eval-every N")
+    if os.path.isdir(os.path.expanduser(args.model)) and args.model not in hub.ALIASES:
+        check_finished(os.path.expanduser(args.model))
     if args.resume and args.resume_from:
         raise UserError("--resume continues --out; --resume-from-checkpoint continues a given state: pick one")
     if args.resume_from and not os.path.isfile(outdir.state_file(args.resume_from)):
@@ -217,6 +224,16 @@ def check_flags(args):
     if wants_tensorboard(args):
         summary_writer_class()  # a one-line error now if the package is missing, not after training
     return lrs
+
+
+def check_finished(model_dir):
+    """--model DIR where DIR is a run of train.py: only a finished one (status.json) is a model."""
+    status = outdir.run_status(model_dir)
+    state = status.get("status")
+    if state in ("running", "saving", "stopped", "failed", "interrupted"):
+        reason = f": {status['reason']}" if status.get("reason") else ""
+        raise UserError(f"--model {model_dir}: its run is not finished (status.json: {state}{reason}), so its "
+                        f"files may not be one model; finish it with --resume, or start from another model")
 
 
 def parse_lrs(text):
@@ -234,4 +251,5 @@ def parse_lrs(text):
 
 
 if __name__ == "__main__":
+    streams.guard()  # a failing stdout or stderr (| head, a full disk) never costs the run
     sys.exit(run_cli(main))

@@ -29,8 +29,9 @@ Three rules keep such a directory trustworthy:
    signal, or the evaluation ran out of memory); once
    every final file is written it is removed (a finished run is what its results
    say). A kill in the middle of the final save leaves "saving", so neither the table
-   of runs nor evaluate.py takes a half-saved directory for a finished run. With --overwrite, the old run's result files are
-   removed first: old results never sit beside new weights.
+   of runs nor evaluate.py takes a half-saved directory for a finished run. With --overwrite, the old run's result
+   files and its model are removed first: old results never sit beside new weights, and an
+   overwriting run that stops leaves no old model that looks like its own.
 3. Nothing planted in the directory is followed. The lock file is opened with
    O_NOFOLLOW and must be a regular file with one name (a link to another file would be
    truncated); every other file is written by a rename (files.py), which replaces a
@@ -158,11 +159,12 @@ class RunDir:
         return os.path.join(self.path, name)
 
     # --- the run's claim on the directory --------------------------------------------
-    def claim(self, overwrite=False, state=None, need_bytes=0, add=False):
+    def claim(self, overwrite=False, state=None, need_bytes=0, add=False, model_dir=None):
         """Lock the directory for this run, clean it, check the disk (start() marks it running).
 
         state: the resumable state the run continues from (see `check`). add: only add
-        result files beside what is there (--do_eval alone): nothing is removed.
+        result files beside what is there (--do_eval alone): nothing is removed. model_dir: where
+        the run's model was read from; when that is OUT itself, its files stay until replaced.
         """
         if not self.is_main:
             return self
@@ -179,7 +181,7 @@ class RunDir:
             check(self.path, overwrite, state)  # again, under the lock: another run may have just begun
             _check_names(self.path)
             _check_room(self.path, need_bytes)  # before anything is removed: a refusal loses nothing
-            self._clean(keep_results=continues(state, self.path))
+            self._clean(keep_results=continues(state, self.path), keep_model=_same_dir(model_dir, self.path))
         except BaseException:
             self.release()
             raise
@@ -200,7 +202,7 @@ class RunDir:
             self._lock.close()  # closing the descriptor drops the flock
             self._lock = None
 
-    def _clean(self, keep_results):
+    def _clean(self, keep_results, keep_model=False):
         """Remove the temporary files of killed saves; unless the run goes on, the old run's results.
 
         Only what this tool writes is removed (see the module docstring); what else is in
@@ -217,7 +219,10 @@ class RunDir:
             for name in os.listdir(self.path):
                 if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt", name):
                     os.remove(self.file(name))
-            kept = _remove_ours(self.file("best"), lambda rel: rel in MODEL_FILES)
+                elif name in MODEL_FILES and not keep_model and stat.S_ISREG(os.lstat(self.file(name)).st_mode):
+                    os.remove(self.file(name))  # the old model: never taken for the new run's if it stops
+            kept = [] if keep_model else _remove_ours(self.file("adapter"), lambda rel: rel in MODEL_FILES)
+            kept += _remove_ours(self.file("best"), lambda rel: rel in MODEL_FILES)
             kept += _remove_ours(self.file("runs"), lambda rel: rel.count(os.sep) == 1 and
                                  TENSORBOARD_FILE.fullmatch(os.path.basename(rel)) is not None)
             for name in os.listdir(self.path):  # checkpoint-<step>/: a model and its state (checkpoints.py)
@@ -283,6 +288,13 @@ class RunDir:
         for src in paths:
             with atomic_path(os.path.join(directory, os.path.basename(src))) as tmp:
                 shutil.copyfile(src, tmp)
+
+
+def _same_dir(a, b) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _remove(path):
