@@ -129,7 +129,7 @@ def sample(model, tokenizer, prompt, max_new_tokens, temperature, top_k, seed, d
     generator = torch.Generator(device=device).manual_seed(seed)
     with autocast(device, precision):
         out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
-                             generator=generator)  # (num_samples, T + max_new_tokens)
+                             generator=generator, vocab_size=tokenizer.vocab_size)  # (num_samples, T + max_new_tokens)
     return [tokenizer.decode(row[len(start):].tolist()) for row in out]
 
 

@@ -226,8 +226,12 @@ def evaluate(t, val_blocks, hooks, history):
 def check_finite(t, history):
     """Raise NonFiniteLoss if any process saw a NaN/inf loss (a vote), or fp16 kept overflowing."""
     non_finite = t.dist.any(bool(history.non_finite))
-    if non_finite or t.skipped_in_a_row >= FP16_SKIPS_IN_A_ROW:
+    # Non-finite gradients on every step so far (or FP16_SKIPS_IN_A_ROW in a row): nothing is learnt.
+    bad_grads = int(t.non_finite_grads_in_a_row)
+    every_step = bad_grads >= min(FP16_SKIPS_IN_A_ROW, max(t.step, 1))
+    if non_finite or t.skipped_in_a_row >= FP16_SKIPS_IN_A_ROW or every_step:
         what = ("the training loss became NaN/inf" if non_finite
+                else f"the gradient norm was NaN/inf on {bad_grads} steps in a row" if bad_grads
                 else f"fp16 gradients overflowed {FP16_SKIPS_IN_A_ROW} steps in a row")
         raise NonFiniteLoss(f"{what} by step {t.step} (learning rate too high?); stopped")
 

@@ -219,6 +219,9 @@ class Trainer:
         self.step = 0             # optimizer steps taken (or skipped by the fp16 scaler)
         self.skipped = 0          # steps the scaler skipped because gradients overflowed
         self.skipped_in_a_row = 0
+        # Steps in a row whose gradient norm was inf/NaN (bf16, fp32: no scaler to skip them; the
+        # clipping then scales every gradient to 0 or NaN). On the device: read with the NaN check.
+        self.non_finite_grads_in_a_row = torch.zeros((), dtype=torch.long, device=device)
         self.lr_used = cfg.lr     # the rate of the last step, for the log
         self._perm = (None, None)  # (epoch, its permutation of the blocks)
 
@@ -278,6 +281,9 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)  # grads / scale: now the true gradients
         # The L2 norm of all gradients as one vector, before clipping (logged as grad_norm).
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        if cfg.precision != "fp16":  # fp16's overflows are the scaler's (skipped steps, below)
+            bad = self.non_finite_grads_in_a_row
+            self.non_finite_grads_in_a_row = torch.where(torch.isfinite(grad_norm), torch.zeros_like(bad), bad + 1)
         self.lr_used = self.scheduler.get_last_lr()[0]  # logged: the rate this step used
         if scaler_step(self.scaler, self.optimizer):  # AdamW, unless fp16's gradients overflowed
             self.scheduler.step()
