@@ -17,7 +17,7 @@ import sys
 import torch
 
 from gpt2 import checkpoint, loop
-from gpt2.distributed import leave_together
+from gpt2.distributed import leave_together, lost_a_process
 from gpt2.errors import NonFiniteLoss, UserError, out_of_memory, run_cli
 from gpt2.evaluation import evaluate
 from gpt2.lora import adapter_dir, merged_model, save_adapter
@@ -97,8 +97,8 @@ def train(args, lr):
     except NonFiniteLoss as e:  # say what is left to go back to
         out.record_failure("failed", str(e))
         raise NonFiniteLoss(f"{e}, {hooks.kept()}") from None
-    except Exception as e:  # a full disk, ...: status.json says why
-        out.record_failure("failed", str(e))
+    except Exception as e:  # a full disk, another torchrun process killed, ...: status.json says why
+        out.record_failure("failed", lost_a_process(e) or str(e))
         raise
     finally:
         hooks.close()

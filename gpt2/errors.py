@@ -37,9 +37,15 @@ def run_cli(main, argv=None) -> int:
     try:
         return main(argv) or 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .distributed import is_first_rank_or_alone  # (torch is loaded by then)
+        if is_first_rank_or_alone():  # under torchrun: once per run, not once per process
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
+        from .distributed import lost_a_process
+        if lost_a_process(e):  # another process died: our one line, not the backend's traceback
+            print(f"error: {lost_a_process(e)}", file=sys.stderr)
+            return 1
         if not out_of_memory(e):
             raise  # a real bug: its traceback
         first = (str(e).splitlines() or ["MemoryError"])[0][:200]

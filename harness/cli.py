@@ -12,6 +12,7 @@ flag, before any model is loaded.
 """
 
 import argparse
+import os
 import sys
 
 from gpt2.precision import CHOICES as PRECISIONS
@@ -113,10 +114,15 @@ def utf8_text(text: str) -> str:
     """Text from the command line that is valid UTF-8 (Python keeps undecodable bytes as surrogates)."""
     try:
         text.encode("utf-8")
+        return text
     except UnicodeEncodeError as e:
-        bad = text[e.start].encode("utf-8", "surrogateescape")
-        raise argparse.ArgumentTypeError(f"not UTF-8 text: byte 0x{bad[0]:02x} at character {e.start + 1}") from None
-    return text
+        error = e
+    try:  # under an ASCII locale (LC_ALL=C, PYTHONUTF8=0) valid UTF-8 arrives as surrogates too
+        return os.fsencode(text).decode("utf-8")
+    except (UnicodeError, ValueError):
+        bad = text[error.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: byte 0x{bad[0]:02x} at character {error.start + 1}") \
+            from None
 
 
 def memory_size(text: str) -> int:

@@ -27,6 +27,7 @@ moment of a run (torchrun passes the environment on to its workers):
     PROBE_OUT=dir       (torchrun) each rank writes rankN.json: its all-reduces and random seed
     RANK1_FAIL_AT=s     (torchrun) rank 1 raises a UserError at step s
     RANK1_CTRL_C_AT=s   (torchrun) Ctrl-C to rank 1 alone at step s
+    RANK1_KILL_AT=s     (torchrun) SIGKILL to rank 1 alone at step s
 """
 
 import json
@@ -196,6 +197,8 @@ def install_torchrun_probes():
     def rank1_faults(t, *a):
         if rank == 1 and t.step == env("RANK1_FAIL_AT"):
             raise UserError("rank 1 cannot go on")
+        if rank == 1 and t.step == env("RANK1_KILL_AT"):
+            kill()  # SIGKILL: rank 0 finds its peer gone in the next collective
         if rank == 1 and t.step == env("RANK1_CTRL_C_AT"):
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as torchrun passes it on, to rank 1 only
     before(Trainer, "optimizer_step", rank1_faults)
