@@ -32,6 +32,10 @@ from harness import streams
 from harness.run import pick_block_size
 
 
+# What frees memory here (run_cli's default advice is training's).
+MEMORY_ADVICE = "a smaller --batch-size, --block-size, --num-samples or --max-new-tokens needs less"
+
+
 def main(argv=None):
     args = evaluate_parser().parse_args(argv)
     check_arguments(args)  # everything cheap, before hours of evaluation
@@ -51,7 +55,9 @@ def what_is_asked(args):
     """Which of metrics, a table of runs and samples the flags ask for (see --help)."""
     several = len(args.models) > 1
     numbers = args.prompt is None or bool(args.validation_file) or bool(args.json)
-    return SimpleNamespace(metrics=numbers and (not several or bool(args.validation_file)),
+    # --plot alone draws the saved curves: no evaluation is run for it (only --validation-file or --json asks).
+    plot_only = bool(args.plot) and not (args.validation_file or args.json)
+    return SimpleNamespace(metrics=numbers and not plot_only and (not several or bool(args.validation_file)),
                            table=numbers and several, sample=args.prompt is not None)
 
 
@@ -141,7 +147,7 @@ def evaluate_models(args, asked) -> dict:
         check_model_arg(name)
     directories = {name: resolve(name, args.weights_dir) for name in args.models}  # downloads first
     device = pick_device(args.device)
-    precision = eval_precision(args.precision, resolve_precision(args.precision, device)[0])  # auto: fp32
+    precision = eval_precision(args.precision, resolve_precision(args.precision, device, "evaluating")[0])  # auto: fp32
     measured, block_sizes = {}, set()
     for name in args.models:
         model = load_checkpoint(directories[name]).to(device).eval()
@@ -177,4 +183,4 @@ def print_table(args, measured):
 
 if __name__ == "__main__":
     streams.guard()  # a character the terminal cannot spell is escaped, never a traceback
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, memory_advice=MEMORY_ADVICE))

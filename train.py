@@ -65,7 +65,10 @@ def train(args, lr):
         save_checkpoint(merged_model(run.model) if args.lora else run.model, directory)
         out.copy_tokenizer(run.tokenizer.files, directory)  # the model's own tokenizer, carried on
         if args.lora:
-            save_adapter(run.model, adapter_dir(directory), base_model=args.model)
+            # A local base as an absolute path: peft opens the adapter from any directory.
+            local = os.path.isdir(args.model) and args.model not in hub.ALIASES
+            save_adapter(run.model, adapter_dir(directory), base_model=os.path.abspath(args.model) if local
+                         else args.model)
 
     interrupt = Interrupt(announce=run.dist.is_main)
     logger = Logger(out_dir=args.out, tensorboard=wants_tensorboard(args)) if run.dist.is_main else \

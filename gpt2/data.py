@@ -159,7 +159,7 @@ def make_blocks(ids: np.ndarray, block_size: int, source) -> np.ndarray:
     n_blocks = len(ids) // block_size
     if n_blocks == 0:
         raise UserError(
-            f"{source}: {len(ids)} tokens, fewer than one block of {block_size}; "
+            f"{source}: {len(ids)} token{'' if len(ids) == 1 else 's'}, fewer than one block of {block_size}; "
             f"use a smaller --block-size or more text"
         )
     return ids[:n_blocks * block_size].reshape(n_blocks, block_size)

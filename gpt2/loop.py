@@ -21,7 +21,9 @@ It returns one stop reason:
     "early_stopping"  --patience evaluations in a row without a better score
     "interrupted"     a signal asked the run to stop; a resumable state was saved
 
-A NaN is not a reason but an error (NonFiniteLoss): the run cannot go on.
+A NaN is not a reason but an error (NonFiniteLoss): the run cannot go on. So is a
+gradient norm that is NaN/inf on every step (bf16, fp32: clipping then scales every
+gradient to 0, and nothing is ever learnt), as fp16's overflows that never stop.
 
 The loop reaches the world outside it (the terminal, the run directory, signals)
 only through `Hooks`: print and log a line, save a state, save or load the best

@@ -297,10 +297,12 @@ class Trainer:
     # --- what the loop reports -------------------------------------------------------
     def describe(self) -> str:
         cfg, world = self.cfg, self.dist.world_size
+        batch, blocks = self.micro_per_step * cfg.batch_size, len(self.train_blocks)
+        product = f"{cfg.batch_size} micro-batch x {cfg.grad_accum} accumulation x {world} process(es)"
+        # More than the data holds: each step sees every block once, no more.
+        effective = f"{batch} = {product}" if batch <= blocks else f"{blocks} (all the blocks; {product} = {batch})"
         return (f"training {self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.2f} epochs of "
-                f"{self.steps_per_epoch} steps), effective batch {self.micro_per_step * cfg.batch_size} = "
-                f"{cfg.batch_size} micro-batch x {cfg.grad_accum} accumulation x {world} process(es), "
-                f"{cfg.precision}, on {self.device}")
+                f"{self.steps_per_epoch} steps), effective batch {effective}, {cfg.precision}, on {self.device}")
 
     def metrics(self, loss_sum, steps_run, runtime) -> dict:
         """The Trainer's train metrics block: train_loss over all steps, speeds of this session."""

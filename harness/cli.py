@@ -25,6 +25,24 @@ class Parser(argparse.ArgumentParser):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
+    def parse_known_args(self, args=None, namespace=None):
+        """`--lr -1e-4`: argparse takes "-1e-4" for an option (only -1 and -.5 look like numbers to
+        it) and says "expected one argument"; passed as --lr=-1e-4, the flag's own check says why."""
+        args = list(sys.argv[1:] if args is None else args)
+        for i in range(len(args) - 1, 0, -1):
+            flag, value = args[i - 1], args[i]
+            if flag.startswith("--") and "=" not in flag and value.startswith("-") and _is_number(value):
+                args[i - 1:i + 1] = [f"{flag}={value}"]
+        return super().parse_known_args(args, namespace)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.split(",")[0])  # --lr -1e-4,1e-3 too
+        return True
+    except ValueError:
+        return False
+
 
 def _integer(text: str) -> int:
     try:
@@ -198,6 +216,14 @@ def probability(text: str) -> float:
     return v
 
 
+def fraction(text: str) -> float:
+    """A fraction in [0, 1]: --warmup-ratio (1: warm up over the whole run, as run_clm allows)."""
+    v = _finite_number(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
 def unit_interval(text: str) -> float:
     """A fraction in (0, 1]: --top-p (1 keeps every token)."""
     v = _finite_number(text)
@@ -329,7 +355,7 @@ def _add_optimisation_args(g):
     g.add_argument("--lr-scheduler-type", "--lr_scheduler_type", dest="lr_scheduler", choices=SCHEDULES,
                    default="linear", help="the learning-rate schedule (see gpt2/trainer.py; default: %(default)s)")
     g.add_argument("--warmup-steps", "--warmup_steps", dest="warmup_steps", type=non_negative_int, default=0)
-    g.add_argument("--warmup-ratio", "--warmup_ratio", dest="warmup_ratio", type=probability, default=0.0,
+    g.add_argument("--warmup-ratio", "--warmup_ratio", dest="warmup_ratio", type=fraction, default=0.0,
                    help="warm up over this fraction of the steps (--warmup-steps, if given, wins)")
     g.add_argument("--max-grad-norm", "--max_grad_norm", dest="max_grad_norm", type=positive_float, default=1.0)
     g.add_argument("--dropout", type=probability, help="override the checkpoint's dropout probabilities")

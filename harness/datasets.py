@@ -142,7 +142,7 @@ def _cached_ids(content: bytes, get_texts, tokenizer, cache_dir, reading):
     if os.path.exists(path):
         ids = _load_cached(path, tokenizer)
         if ids is None:
-            print(f"warning: {path}: corrupt token cache, tokenizing again", file=sys.stderr)
+            print(f"warning: {path}: unreadable or damaged token cache, tokenizing again", file=sys.stderr)
     if ids is None:
         ids = tokenize_texts(get_texts(), tokenizer)
         _save_cached(path, ids)
@@ -276,7 +276,8 @@ def _training_ids(train_file, tokenizer, cache_dir, keep_linebreaks):
 def _summary(info, n_blocks, validation_percent, val_ids) -> str:
     """One line for the log: tokens, blocks, and where the validation set comes from."""
     summary = (f"{info['train_source']}: {info['train_tokens']:,} tokens -> {n_blocks:,} blocks "
-               f"of {info['block_size']} ({info['dropped_tokens']:,} tokens dropped); ")
+               f"of {info['block_size']} ({info['dropped_tokens']:,} token{'' if info['dropped_tokens'] == 1 else 's'} "
+               f"dropped); ")
     n_train, n_val = info["train_blocks"], info["validation_blocks"]
     if info["validation_source"] is None:
         return summary + "no validation set"

@@ -15,6 +15,7 @@ process that imported torch once, `procs`; train.py with faults injected, `patch
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -385,3 +386,76 @@ def test_kills_at_random_moments_leave_every_checkpoint_whole_and_the_run_exact(
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a), log
     assert temporaries(out) == [], log
+
+
+# === unclear and cosmetic ==============================================================
+
+def test_plot_of_a_finished_run_draws_without_evaluating(capsys, tiny, text, cache, tmp_path, monkeypatch):
+    """evaluate.py RUN --plot draws the saved curves; it used to re-run the whole evaluation first."""
+    pytest.importorskip("matplotlib")
+    import evaluate as evaluate_cli
+
+    out = tmp_path / "out"
+    ok(train(capsys, *base_args(tiny, text, cache, out, 2, "--log-every", 1)))
+    monkeypatch.setattr(evaluate_cli, "evaluate", lambda *a, **k: pytest.fail("an evaluation was run"))
+    ok(evaluate(capsys, out, "--plot", tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("flags, words", [(["--lr-min", "1e-300", "--lr-max", "1e300"], ["--lr-min", "powers of ten"]),
+                                          (["--find-lr-steps", 1], ["--find-lr-steps 1", "at least 5"])])
+def test_range_test_values_that_give_no_curve_are_refused_with_their_reason(capsys, tiny, text, cache, tmp_path,
+                                                                            flags, words):
+    """--lr-min 1e-300 --lr-max 1e300 once ran at lr 0.0 and suggested --lr 0e0 (which train.py refuses);
+    --find-lr-steps 1 was refused as if the data were too short."""
+    p = train(capsys, *base_args(tiny, text, cache, tmp_path / "lr", 1), "--find-lr", *flags)
+    one_line_error(p, 2, *words)
+
+
+def test_a_lora_adapter_names_its_local_base_by_an_absolute_path(capsys, tiny, text, cache, tmp_path, monkeypatch):
+    """--model ./relative/dir: adapter_config.json's base_model_name_or_path is absolute, so that
+    peft's AutoPeftModelForCausalLM opens OUT/adapter from any directory."""
+    monkeypatch.chdir(Path(tiny).parent)
+    out = tmp_path / "out"
+    ok(train(capsys, *base_args(os.path.join(".", Path(tiny).name), text, cache, out, 1, "--lora", 2)))
+    base = json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert os.path.isabs(base) and os.path.samefile(base, tiny), base
+
+
+def test_warmup_over_the_whole_run_is_accepted(capsys, tiny, text, cache, tmp_path):
+    """--warmup-ratio 1.0, as run_clm accepts it: every step warms up (rates 0, 1/3, 2/3 of --lr)."""
+    p = ok(train(capsys, *base_args(tiny, text, cache, tmp_path / "out", 3, "--warmup-ratio", 1.0, "--log-every", 1)))
+    assert "3 warm-up steps" in p.stdout
+    rates = [e["learning_rate"] for e in json.loads((tmp_path / "out" / "log_history.json").read_text())
+             if "learning_rate" in e]
+    assert rates == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3])
+
+
+def test_messages_say_what_is_true(capsys, tiny, text, cache, tmp_path):
+    """The cosmetic cases: an effective batch larger than the data, a precision asked for, one
+    token, a resumed run's total runtime, a file name that is not UTF-8, a negative --lr, an
+    evaluation's --fp16 on a CPU, the advice after running out of memory in evaluate.py."""
+    import evaluate as evaluate_cli
+    from gpt2.data import make_blocks
+    from gpt2.errors import UserError, run_cli
+    from harness.report import metrics_block
+
+    p = ok(train(capsys, *base_args(tiny, text, cache, tmp_path / "a", 1, "--batch-size", 1000, "--fp32")))
+    assert re.search(r"effective batch (\d+) \(all the blocks; 1000 micro-batch", p.stdout), p.stdout
+    assert "precision fp32: as asked (--fp32)" in p.stdout
+    with pytest.raises(UserError, match=r": 1 token, fewer"):
+        make_blocks(np.zeros(1, dtype=np.uint16), 4, "x.txt")
+    assert "1:02:03" in metrics_block("train", {"train_runtime_total": 3723.0})
+    one_line_error(train(capsys, *base_args(tiny, os.fsdecode(b"/no/such/x\xff.txt"), cache, tmp_path / "b", 1)), 2,
+                   "x\\xff.txt")
+    one_line_error(train(capsys, *base_args(tiny, text, cache, tmp_path / "c", 1), "--lr", "-1e-4"), 2,
+                   "must be a positive number")
+    p = ok(evaluate(capsys, tiny, "--validation-file", text, "--block-size", 32, "--fp16"))
+    assert "evaluating in" in p.stderr and "training" not in p.stderr, p.stderr
+
+    def out_of_memory(argv):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    assert run_cli(out_of_memory, memory_advice=evaluate_cli.MEMORY_ADVICE) == 1
+    err = capsys.readouterr().err
+    assert "--num-samples" in err and "--grad-accum" not in err, err
