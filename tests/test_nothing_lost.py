@@ -440,7 +440,7 @@ def test_messages_say_what_is_true(capsys, tiny, text, cache, tmp_path):
     from gpt2.errors import UserError, run_cli
     from harness.report import metrics_block
 
-    p = ok(train(capsys, *base_args(tiny, text, cache, tmp_path / "a", 1, "--batch-size", 1000, "--fp32")))
+    p = ok(train(capsys, *base_args(tiny, text, cache, tmp_path / "a", 1, "--batch-size", 1000, "--precision", "fp32")))
     assert re.search(r"effective batch (\d+) \(all the blocks; 1000 micro-batch", p.stdout), p.stdout
     assert "precision fp32: as asked (--fp32)" in p.stdout
     with pytest.raises(UserError, match=r": 1 token, fewer"):
