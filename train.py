@@ -215,8 +215,10 @@ def check_flags(args):
     evaluating = args.eval_strategy in ("steps", "epoch") or (args.eval_strategy is None and args.eval_every)
     if (args.save_best or args.patience) and not evaluating:
         raise UserError("--save-best and --patience act on evaluations during training: add --eval-every N")
-    if os.path.isdir(os.path.expanduser(args.model)) and args.model not in hub.ALIASES:
-        check_finished(os.path.expanduser(args.model))
+    model_dir = os.path.expanduser(args.model)
+    continuing = (args.resume or args.resume_from) and outdir.continues(os.path.join(model_dir, "resume.pt"), args.out)
+    if os.path.isdir(model_dir) and args.model not in hub.ALIASES and not continuing:
+        check_finished(model_dir)  # (--model OUT --out OUT --resume: the base of the run being resumed)
     if args.resume and args.resume_from:
         raise UserError("--resume continues --out; --resume-from-checkpoint continues a given state: pick one")
     if args.resume_from and not os.path.isfile(outdir.state_file(args.resume_from)):

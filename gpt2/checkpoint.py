@@ -21,8 +21,8 @@ What else decides the weights must match too, or the resumed run would quietly b
 another run: the learning rate and every other number of the TrainConfig, the
 training text (its sha256: the same text with its lines reversed has the same shape,
 not the same blocks; and the sha256 of its blocks and the tokenizer's: the same bytes
-read with another --keep-linebreaks or tokenizer are other blocks), the model's shape and dropout, the LoRA adapters. `load`
-compares them and refuses a different command in one line that lists the differences.
+read with another --keep-linebreaks or tokenizer are other blocks), the model's shape
+and dropout, the LoRA adapters. `load` compares them and refuses a different command in one line that lists the differences.
 
 Three guarantees make the file trustworthy:
 * It is written atomically (files.py): a kill during the write leaves the previous

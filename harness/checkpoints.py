@@ -18,8 +18,9 @@ A folder is written whole or not at all: everything goes into checkpoint-<step>.
 first, which is renamed when complete (a rename is atomic); a folder is removed
 (--save-total-limit) the other way round: renamed to a temporary name, then deleted.
 A kill mid-save or mid-removal leaves only a temporary folder, which the next run
-removes (outdir.RunDir.claim); so every checkpoint-<step>/ that exists is complete. (OUT/resume.pt, which --resume reads, is
-written at every save too: the same state as the newest folder's, under a second name.)
+removes (outdir.RunDir.claim); so every checkpoint-<step>/ that exists is complete.
+(OUT/resume.pt, which --resume reads, is written at every save too: the same state as
+the newest folder's, under a second name.)
 """
 
 import os

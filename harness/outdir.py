@@ -29,9 +29,11 @@ Three rules keep such a directory trustworthy:
    signal, or the evaluation ran out of memory); once
    every final file is written it is removed (a finished run is what its results
    say). A kill in the middle of the final save leaves "saving", so neither the table
-   of runs nor evaluate.py takes a half-saved directory for a finished run. With --overwrite, the old run's result
-   files and its model are removed first: old results never sit beside new weights, and an
-   overwriting run that stops leaves no old model that looks like its own.
+   of runs nor evaluate.py takes a half-saved directory for a finished run; the
+   status turns "done" (noted) once the model and its results are written, before the
+   final evaluation, which a kill may cut. With --overwrite, the old run's result
+   files and its model are removed first: old results never sit beside new weights, and
+   an overwriting run that stops leaves no old model that looks like its own.
 3. Nothing planted in the directory is followed. The lock file is opened with
    O_NOFOLLOW and must be a regular file with one name (a link to another file would be
    truncated); every other file is written by a rename (files.py), which replaces a
