@@ -87,7 +87,7 @@ def remove(path):
     renamed to a temporary name (atomic), then deleted. A kill in the middle leaves a
     <name>.tmp-<pid> folder, which the next run removes, never a checkpoint-<step>/ that
     lacks its weights or its tokenizer."""
-    doomed = f"{path}.tmp-{os.getpid()}"
+    doomed = f"{path}.removed.tmp-{os.getpid()}"  # not write()'s name: that one may hold the new folder
     shutil.rmtree(doomed, ignore_errors=True)
     os.replace(path, doomed)
     shutil.rmtree(doomed)
