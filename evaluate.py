@@ -28,7 +28,12 @@ from harness.compare import comparison_rows, format_table, is_run_dir, plot_curv
 from harness.evaldata import check_model_arg, run_args_of, validation_blocks
 from harness.hub import resolve
 from harness.report import metrics_block
+from harness import streams
 from harness.run import pick_block_size
+
+
+# What frees memory here (run_cli's default advice is training's).
+MEMORY_ADVICE = "a smaller --batch-size, --block-size, --num-samples or --max-new-tokens needs less"
 
 
 def main(argv=None):
@@ -50,7 +55,9 @@ def what_is_asked(args):
     """Which of metrics, a table of runs and samples the flags ask for (see --help)."""
     several = len(args.models) > 1
     numbers = args.prompt is None or bool(args.validation_file) or bool(args.json)
-    return SimpleNamespace(metrics=numbers and (not several or bool(args.validation_file)),
+    # --plot alone draws the saved curves: no evaluation is run for it (only --validation-file or --json asks).
+    plot_only = bool(args.plot) and not (args.validation_file or args.json)
+    return SimpleNamespace(metrics=numbers and not plot_only and (not several or bool(args.validation_file)),
                            table=numbers and several, sample=args.prompt is not None)
 
 
@@ -128,7 +135,7 @@ def sample(model, tokenizer, prompt, max_new_tokens, temperature, top_k, seed, d
     generator = torch.Generator(device=device).manual_seed(seed)
     with autocast(device, precision):
         out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
-                             generator=generator)  # (num_samples, T + max_new_tokens)
+                             generator=generator, vocab_size=tokenizer.vocab_size)  # (num_samples, T + max_new_tokens)
     return [tokenizer.decode(row[len(start):].tolist()) for row in out]
 
 
@@ -140,7 +147,7 @@ def evaluate_models(args, asked) -> dict:
         check_model_arg(name)
     directories = {name: resolve(name, args.weights_dir) for name in args.models}  # downloads first
     device = pick_device(args.device)
-    precision = eval_precision(args.precision, resolve_precision(args.precision, device)[0])  # auto: fp32
+    precision = eval_precision(args.precision, resolve_precision(args.precision, device, "evaluating")[0])  # auto: fp32
     measured, block_sizes = {}, set()
     for name in args.models:
         model = load_checkpoint(directories[name]).to(device).eval()
@@ -175,4 +182,5 @@ def print_table(args, measured):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    streams.guard()  # a character the terminal cannot spell is escaped, never a traceback
+    sys.exit(run_cli(main, memory_advice=MEMORY_ADVICE))

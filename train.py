@@ -17,12 +17,12 @@ import sys
 import torch
 
 from gpt2 import checkpoint, loop, settings
-from gpt2.distributed import leave_together
+from gpt2.distributed import leave_together, lost_a_process
 from gpt2.errors import NonFiniteLoss, UserError, out_of_memory, run_cli
 from gpt2.evaluation import evaluate_shared
 from gpt2.loop import History
 from gpt2.trainer import Trainer
-from harness import lr_finder, outdir, plan
+from harness import lr_finder, outdir, plan, streams
 from harness.cli import check_train_flags, train_parser, wants_tensorboard
 from harness.hooks import RunHooks, bytes_needed
 from harness.report import Logger, metrics_block
@@ -79,7 +79,7 @@ def train(args, lr):
     hooks = RunHooks(args.out, run, logger, interrupt, base_model=args.model,
                      run_args=describe(args, run, trainer.total_steps))
     history = History(run.device)
-    out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer))
+    out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer), model_dir=run.model_dir)
     try:
         with interrupt:  # from here on, a signal keeps what was earned (harness/signals.py)
             for note in run.notes:
@@ -102,8 +102,8 @@ def train(args, lr):
     except NonFiniteLoss as e:  # say what is left to go back to
         out.record_failure("failed", str(e))
         raise NonFiniteLoss(f"{e}, {hooks.kept()}") from None
-    except Exception as e:  # a full disk, ...: status.json says why
-        out.record_failure("failed", str(e))
+    except Exception as e:  # a full disk, another torchrun process killed, ...: status.json says why
+        out.record_failure("failed", lost_a_process(e) or str(e))
         raise
     finally:
         hooks.close()
@@ -112,8 +112,10 @@ def train(args, lr):
 
 def resume(trainer, history, state, data_info, hooks):
     """Continue from a resumable state: the trainer, the history, and log.jsonl cut back to it."""
-    checkpoint.load(trainer, history, state, data_info)
+    notes = checkpoint.load(trainer, history, state, data_info)
     hooks.resumed(trainer, history)
+    for note in notes:  # a resume that will not be bit-exact says so
+        hooks.print(note)
 
 
 def checked_state(args, lr):
@@ -143,6 +145,9 @@ def save_run(out, hooks, run_args, train_metrics, log_history):
     out.write_json("run_args.json", run_args)
     out.write_json("train_results.json", train_metrics)
     out.write_json("log_history.json", log_history)
+    # The model is whole: from here on the directory is a finished run (whatever kills the
+    # final evaluation), and only then does the resumable state go.
+    out.set_status("done", note="the final evaluation did not finish (still running, or killed)")
     out.remove("resume.pt")  # the run is complete: the final model supersedes it
 
 
@@ -197,4 +202,5 @@ def evaluate_only(args):
 
 
 if __name__ == "__main__":
+    streams.guard()  # a failing stdout or stderr (| head, a full disk) never costs the run
     sys.exit(run_cli(main))

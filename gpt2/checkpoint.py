@@ -22,8 +22,9 @@ another run: the learning rate and every other setting that settings.py declares
 MATCH or AT_LOAD (an earlier check, `check_settings`, compares the flags' ones before
 any model is loaded), the
 training text (its sha256: the same text with its lines reversed has the same shape,
-not the same blocks), the model's shape and dropout, the LoRA adapters. `load`
-compares them and refuses a different command in one line that lists the differences.
+not the same blocks; and the sha256 of its blocks and the tokenizer's: the same bytes
+read with another --keep-linebreaks or tokenizer are other blocks), the model's shape
+and dropout, the LoRA adapters. `load` compares them and refuses a different command in one line that lists the differences.
 
 Three guarantees make the file trustworthy:
 * It is written atomically (files.py): a kill during the write leaves the previous
@@ -113,6 +114,13 @@ def _differences(t, s, data) -> list[str]:
         if theirs and ours and theirs != ours:
             diff.append(f"the {which} text {data.get(which + '_source')} changed since the "
                         f"interrupted run (sha256 {ours[:12]}..., saved: {theirs[:12]}...)")
+        # The same bytes, read into other ids (--keep-linebreaks, another tokenizer): other blocks.
+        theirs, ours = saved_data.get(f"{which}_ids_sha256"), data.get(f"{which}_ids_sha256")
+        if theirs and ours and theirs != ours and not diff:
+            diff.append(f"the {which} blocks differ from the interrupted run's though the text is the same "
+                        f"(another --keep-linebreaks or tokenizer?)")
+    if saved_data.get("tokenizer") and data.get("tokenizer") and saved_data["tokenizer"] != data["tokenizer"]:
+        diff.append(f"the tokenizer {data['tokenizer']} (saved: {saved_data['tokenizer']})")
     for k, v in asdict(t.model.config).items():
         if s.get("model_config", {}).get(k, v) != v:
             diff.append(f"model {k} {v!r} (saved: {s['model_config'][k]!r})")
@@ -176,9 +184,10 @@ def _check_optimizer(saved, optimizer, path):
                                 f"{tuple(p.shape)}; this state cannot be resumed")
 
 
-def load(t, history, path, data: dict | None = None):
+def load(t, history, path, data: dict | None = None) -> list[str]:
     """Continue Trainer `t` and its History from the state in `path`, or a one-line UserError
-    (nothing half applied). `data` fingerprints this run's text, to compare with the saved one."""
+    (nothing half applied). `data` fingerprints this run's text, to compare with the saved one.
+    Returns the notes the user must read: a resume that will not be bit-exact."""
     try:
         s = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -195,6 +204,20 @@ def load(t, history, path, data: dict | None = None):
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path}: cannot be loaded into this run ({reason[:200]})") from None
+    return _inexact(t, s)
+
+
+def _inexact(t, s) -> list[str]:
+    """Another number of processes keeps the data order, but not the dropout masks (each process
+    draws its own): the weights then differ from an uninterrupted run's. Said, not hidden."""
+    saved_world = s.get("world_size", 1)
+    dropout = any(v for k, v in asdict(t.model.config).items() if k.endswith("pdrop")) or \
+        bool((_lora(t) or {}).get("dropout"))
+    if saved_world == t.dist.world_size or not dropout:
+        return []
+    return [f"note: the state was saved by {saved_world} process(es), this run has {t.dist.world_size}: the same "
+            f"data order and schedule, but other dropout masks, so the weights will not be bit-identical to an "
+            f"uninterrupted run's (resume on {saved_world} process(es), or train with --dropout 0, for that)"]
 
 
 def _apply(t, history, s):

@@ -39,6 +39,7 @@ resumed run can rebuild it (`epoch_permutation`).
 """
 
 import itertools
+import unicodedata
 
 import numpy as np
 import torch
@@ -98,16 +99,41 @@ def pieces(text: str, limit: int | None = None):
     spaces (tokenizer.py), and BPE never merges across two of those pieces. A single
     space between two non-space characters always starts a new word (" word", " 42",
     " ."), so cutting just before it changes nothing: the ids of the pieces, put end to
-    end, are the ids of the whole. Only a text with no such space in `limit` characters
-    (50 MB of one word) is cut where the limit falls, which may split one word's tokens.
+    end, are the ids of the whole. A text with no such space (minified code, a base64
+    blob) is cut where a letter meets a digit or a punctuation mark (or the reverse,
+    `_class_change_before`): the pre-tokenizer splits there too ("abc", "123", ";").
+    Only a text with neither in `limit` characters (one word of 100,000 letters) is cut
+    where the limit falls, which may split one word's tokens.
     """
     limit = limit or LONG_LINE_CHARS
     start = 0
     while len(text) - start > limit:
-        cut = _space_before(text, start + limit // 2, start + limit) or start + limit
+        lo, hi = start + limit // 2, start + limit
+        cut = _space_before(text, lo, hi) or _class_change_before(text, lo, hi) or hi
         yield text[start:cut]
         start = cut
     yield text[start:] if start else text
+
+
+def _kind(c) -> str:
+    """The pre-tokenizer's classes of a non-space character: a letter, a number, or other."""
+    return {"L": "L", "N": "N"}.get(unicodedata.category(c)[0], "P")
+
+
+def _class_change_before(text, lo, hi):
+    """The last position in [lo, hi) between two non-space characters of different classes
+    (letter / number / other) where GPT-2's pre-tokenizer always splits, or None.
+
+    Not after an apostrophe: "'s", "'t", "'re", "'ve", "'m", "'ll", "'d" are pieces of
+    their own, so "x's" splits as "x", "'s", and a cut between "'" and "s" would not.
+    """
+    for i in range(hi - 1, lo, -1):
+        a, b = text[i - 1], text[i]
+        if a.isspace() or b.isspace() or a == "'":
+            continue
+        if _kind(a) != _kind(b):
+            return i
+    return None
 
 
 def _space_before(text, lo, hi):
@@ -133,7 +159,7 @@ def make_blocks(ids: np.ndarray, block_size: int, source) -> np.ndarray:
     n_blocks = len(ids) // block_size
     if n_blocks == 0:
         raise UserError(
-            f"{source}: {len(ids)} tokens, fewer than one block of {block_size}; "
+            f"{source}: {len(ids)} token{'' if len(ids) == 1 else 's'}, fewer than one block of {block_size}; "
             f"use a smaller --block-size or more text"
         )
     return ids[:n_blocks * block_size].reshape(n_blocks, block_size)

@@ -123,6 +123,29 @@ def setup(device_arg: str):
     return _joined
 
 
+# What gloo and NCCL say when the process at the other end of a collective is gone.
+PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "communicator was aborted",
+             "connection refused", "socket timeout", "remote process exited")
+
+
+def lost_a_process(e: BaseException) -> str | None:
+    """One line for an error that only says another process of the run died (kill -9, out of
+    memory), else None. The backend's own text is a 30-line traceback about sockets."""
+    text = str(e)
+    if not (isinstance(e, RuntimeError) and dist.is_available() and dist.is_initialized()
+            and any(p in text.lower() for p in PEER_GONE)):
+        return None
+    reason = (text.strip().splitlines() or [""])[-1].split("] ")[-1][:120]
+    return (f"another process of this torchrun run stopped (killed, or out of memory?): the collective failed "
+            f"({reason})")
+
+
+def is_first_rank_or_alone() -> bool:
+    """Before the group is joined, every process checks the same flags and raises the same error:
+    only rank 0 (or a process outside torchrun) prints it, once per run."""
+    return _joined is not None or os.environ.get("RANK", "0") == "0"
+
+
 def leave_together():
     """At the end of a program that ran to its end: wait for every process, then leave the group.
 

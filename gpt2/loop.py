@@ -21,7 +21,9 @@ It returns one stop reason:
     "early_stopping"  --patience evaluations in a row without a better score
     "interrupted"     a signal asked the run to stop; a resumable state was saved
 
-A NaN is not a reason but an error (NonFiniteLoss): the run cannot go on.
+A NaN is not a reason but an error (NonFiniteLoss): the run cannot go on. So is a
+gradient norm that is NaN/inf on every step (bf16, fp32: clipping then scales every
+gradient to 0, and nothing is ever learnt), as fp16's overflows that never stop.
 
 The loop reaches the world outside it (the terminal, the run directory, signals)
 only through `Hooks`: print and log a line, save a state, save or load the best
@@ -246,8 +248,12 @@ def evaluate(t, val_blocks, hooks, history):
 def check_finite(t, history):
     """Raise NonFiniteLoss if any process saw a NaN/inf loss (a vote), or fp16 kept overflowing."""
     non_finite = t.dist.any(bool(history.non_finite))
-    if non_finite or t.skipped_in_a_row >= FP16_SKIPS_IN_A_ROW:
+    # Non-finite gradients on every step so far (or FP16_SKIPS_IN_A_ROW in a row): nothing is learnt.
+    bad_grads = int(t.non_finite_grads_in_a_row)
+    every_step = bad_grads >= min(FP16_SKIPS_IN_A_ROW, max(t.step, 1))
+    if non_finite or t.skipped_in_a_row >= FP16_SKIPS_IN_A_ROW or every_step:
         what = ("the training loss became NaN/inf" if non_finite
+                else f"the gradient norm was NaN/inf on {bad_grads} steps in a row" if bad_grads
                 else f"fp16 gradients overflowed {FP16_SKIPS_IN_A_ROW} steps in a row")
         raise NonFiniteLoss(f"{what} by step {t.step} (learning rate too high?); stopped")
 

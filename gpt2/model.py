@@ -49,7 +49,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import keep_mask_attention
 from .config import GPT2Config
 from .loss import chunked_lm_loss, cross_entropy, next_token_targets
-from .sampling import next_token
+from .sampling import check_settings, next_token
 
 
 class CausalSelfAttention(nn.Module):
@@ -237,13 +237,17 @@ class GPT2(nn.Module):
         return logits, cross_entropy(logits, targets)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+                 vocab_size=None):
         """Continue (B, T) ids by sampling max_new_tokens tokens, with a KV cache.
 
-        How each token is picked (temperature, top_k, top_p) is sampling.py's. The model
+        How each token is picked (temperature, top_k, top_p) is sampling.py's; vocab_size
+        (the tokenizer's) keeps the draws to ids it can decode (a padded embedding has more
+        rows). Settings that describe no draw (a negative temperature) are a ValueError. The model
         samples in eval mode (no dropout), and is left in the mode it was in. A prompt
         that leaves no room for the new tokens keeps only its end, with a warning.
         """
+        check_settings(temperature, top_k, top_p)  # before any work
         room = self.config.n_positions - max_new_tokens
         if room < 1:
             raise ValueError(f"max_new_tokens must be below n_positions={self.config.n_positions}")
@@ -259,7 +263,7 @@ class GPT2(nn.Module):
             x = ids  # the first step feeds the whole prompt, later steps one token
             for _ in range(max_new_tokens):
                 logits = self.lm_head(self.hidden_states(x, caches)[:, -1])  # (B, vocab)
-                x = next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                x = next_token(logits, temperature, top_k, top_p, generator, vocab_size)  # (B, 1)
                 ids = torch.cat([ids, x], dim=1)
         finally:
             self.train(was_training)

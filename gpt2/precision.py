@@ -105,32 +105,32 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """(the precision to use, why): what --precision means on this device."""
+def resolve_precision(requested: str, device: torch.device, task: str = "training") -> tuple[str, str]:
+    """(the precision to use, why): what --precision means on this device (for `task`, in warnings)."""
     if device.type == "cuda":
         if requested != "auto":
-            return requested, f"--{requested}"
+            return requested, f"as asked (--{requested})"
         if torch.cuda.is_bf16_supported():
             return "bf16", "auto: this GPU has bf16"
         return "fp16", "auto: this GPU has no bf16, so fp16 with a GradScaler"
     if device.type != "cpu":
         if requested in ("fp16", "bf16"):
-            print(f"warning: --{requested} is for CUDA GPUs and CPUs; training in fp32 on the {device.type}",
+            print(f"warning: --{requested} is for CUDA GPUs and CPUs; {task} in fp32 on the {device.type}",
                   file=sys.stderr)
         return "fp32", f"the {device.type} device"
     native = cpu_has_native_bf16()
     auto = ("bf16", "auto: this CPU multiplies bf16 natively (AVX512-BF16/AMX)") if native else \
         ("fp32", "auto: this CPU has no native bf16 (AVX512-BF16/AMX), so fp32 is faster")
     if requested == "fp16":
-        print(f"warning: --fp16 needs a CUDA GPU; training in {auto[0]} on the cpu", file=sys.stderr)
+        print(f"warning: --fp16 needs a CUDA GPU; {task} in {auto[0]} on the cpu", file=sys.stderr)
         return auto
     if requested == "bf16":
         if not native:
             print("warning: --bf16 on a CPU without native bf16 (AVX512-BF16/AMX): it is emulated, "
                   "likely slower than fp32", file=sys.stderr)
-        return "bf16", "--bf16"
+        return "bf16", "as asked (--bf16)"
     if requested == "fp32":
-        return "fp32", "--fp32"
+        return "fp32", "as asked (--fp32)"
     return auto
 
 

@@ -29,9 +29,11 @@ or `tokenizer.json`, the single file the `tokenizers` library reads whole (vocab
 merges, pre-tokenizer, decoder and the *added tokens*, such as a chat model's
 `<|user|>`, with their ids). transformers 5 saves only tokenizer.json. Where both
 forms are there, tokenizer.json is used (only it holds added tokens), and the two
-must agree. A directory with neither uses GPT-2's files, shipped in weights/gpt2/;
-one with half of a tokenizer (vocab.json without merges.txt) is refused: a model
-silently read with another vocabulary learns nonsense.
+must agree. A directory with neither uses GPT-2's files, shipped in weights/gpt2/,
+unless train.py wrote it (its run_args.json says so: train.py always saves the
+tokenizer, so one that is gone went missing); one with half of a tokenizer (vocab.json
+without merges.txt) is refused: a model silently read with another vocabulary learns
+nonsense.
 """
 
 import hashlib
@@ -49,6 +51,9 @@ FILES = ("vocab.json", "merges.txt")
 TOKENIZER_JSON = "tokenizer.json"
 # transformers' own description of a tokenizer: not read here, but carried on with it.
 EXTRA_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+# Files train.py writes into every model directory it saves (OUT, checkpoint-<step>/): such
+# a directory always carries its tokenizer too.
+RUN_FILES = ("run_args.json", "trainer_state.json")
 MAX_TOKENIZER_BYTES = 256 << 20  # a 250,000-token tokenizer.json is 20 MB
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "gpt2")
 
@@ -135,6 +140,13 @@ class Tokenizer:
             missing = [f for f in FILES if f not in there]
             raise UserError(f"{directory}: {there[0]} without {missing[0]}: half of a tokenizer; add "
                             f"{missing[0]} (or a tokenizer.json), or remove {there[0]} to use GPT-2's")
+        elif any(os.path.exists(path(f)) for f in RUN_FILES):
+            # train.py always writes the tokenizer beside the model: without it, files went
+            # missing (a half-deleted folder, a partial copy). GPT-2's stock tokenizer would
+            # silently lose any added token, and cut the text into other blocks.
+            raise UserError(f"{directory}: a model directory written by train.py, but its tokenizer "
+                            f"(tokenizer.json, or vocab.json + merges.txt) is missing; copy it back from "
+                            f"the run's --out or the model it started from")
         else:
             tok = cls.from_dir(SHIPPED_DIR)
         if tok.vocab_size > model_vocab_size:

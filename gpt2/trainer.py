@@ -176,6 +176,9 @@ class Trainer:
                                   # optimizer_step and load_state_dict change it
         self.skipped = 0          # steps the scaler skipped because gradients overflowed
         self.skipped_in_a_row = 0
+        # Steps in a row whose gradient norm was inf/NaN (bf16, fp32: no scaler to skip them; the
+        # clipping then scales every gradient to 0 or NaN). On the device: read with the NaN check.
+        self.non_finite_grads_in_a_row = torch.zeros((), dtype=torch.long, device=device)
         self.lr_used = cfg.lr     # the rate of the last step, for the log
         self._perm = (None, None)  # (epoch, its permutation of the blocks)
 
@@ -242,6 +245,9 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)  # grads / scale: now the true gradients
         # The L2 norm of all gradients as one vector, before clipping (logged as grad_norm).
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        if cfg.precision != "fp16":  # fp16's overflows are the scaler's (skipped steps, below)
+            bad = self.non_finite_grads_in_a_row
+            self.non_finite_grads_in_a_row = torch.where(torch.isfinite(grad_norm), torch.zeros_like(bad), bad + 1)
         self.lr_used = self.scheduler.get_last_lr()[0]  # logged: the rate this step used
         if scaler_step(self.scaler, self.optimizer):  # AdamW, unless fp16's gradients overflowed
             self.scheduler.step()
@@ -256,10 +262,12 @@ class Trainer:
     # --- what the loop reports -------------------------------------------------------
     def describe(self) -> str:
         cfg, world = self.cfg, self.dist.world_size
+        batch, blocks = self.micro_per_step * cfg.batch_size, len(self.train_blocks)
+        product = f"{cfg.batch_size} micro-batch x {cfg.grad_accum} accumulation x {world} process(es)"
+        # More than the data holds: each step sees every block once, no more.
+        effective = f"{batch} = {product}" if batch <= blocks else f"{blocks} (all the blocks; {product} = {batch})"
         return (f"training {self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.2f} epochs of "
-                f"{self.steps_per_epoch} steps), effective batch {self.micro_per_step * cfg.batch_size} = "
-                f"{cfg.batch_size} micro-batch x {cfg.grad_accum} accumulation x {world} process(es), "
-                f"{cfg.precision}, on {self.device}")
+                f"{self.steps_per_epoch} steps), effective batch {effective}, {cfg.precision}, on {self.device}")
 
     def metrics(self, loss_sum, steps_run, runtime) -> dict:
         """The Trainer's train metrics block: train_loss over all steps, speeds of this session."""

@@ -15,10 +15,12 @@ folders; the loop decides when to save (gpt2/loop.py), harness/hooks.py writes t
 folder, and gpt2/checkpoint.py says what the state holds.
 
 A folder is written whole or not at all: everything goes into checkpoint-<step>.tmp-<pid>
-first, which is renamed when complete (a rename is atomic). A kill mid-save leaves only
-the temporary folder, which the next run removes (outdir.RunDir.claim); so every
-checkpoint-<step>/ that exists is complete. (OUT/resume.pt, which --resume reads, is
-written at every save too: the same state as the newest folder's, under a second name.)
+first, which is renamed when complete (a rename is atomic); a folder is removed
+(--save-total-limit) the other way round: renamed to a temporary name, then deleted.
+A kill mid-save or mid-removal leaves only a temporary folder, which the next run
+removes (outdir.RunDir.claim); so every checkpoint-<step>/ that exists is complete.
+(OUT/resume.pt, which --resume reads, is written at every save too: the same state as
+the newest folder's, under a second name.)
 """
 
 import os
@@ -60,7 +62,7 @@ def write(out, step, save_model, save_state, run_args, trainer_state) -> str:
         write_json(os.path.join(tmp, "trainer_state.json"), trainer_state)
         save_state(os.path.join(tmp, STATE))
         if os.path.isdir(final):
-            shutil.rmtree(final)
+            remove(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -76,5 +78,16 @@ def rotate(out, limit, keep=()) -> list[str]:
     protected = {os.path.abspath(k) for k in keep}
     removed = [path for path in folders[:max(0, len(folders) - limit)] if os.path.abspath(path) not in protected]
     for path in removed:
-        shutil.rmtree(path)
+        remove(path)
     return removed
+
+
+def remove(path):
+    """Remove a checkpoint folder, never leaving half of it under its name: it is first
+    renamed to a temporary name (atomic), then deleted. A kill in the middle leaves a
+    <name>.tmp-<pid> folder, which the next run removes, never a checkpoint-<step>/ that
+    lacks its weights or its tokenizer."""
+    doomed = f"{path}.removed.tmp-{os.getpid()}"  # not write()'s name: that one may hold the new folder
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)

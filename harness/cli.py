@@ -16,6 +16,7 @@ import os
 import sys
 
 from gpt2 import schedules, settings
+from gpt2.distributed import is_first_rank_or_alone
 from gpt2.errors import UserError
 from . import hub, outdir, scratch
 from .report import summary_writer_class
@@ -26,8 +27,27 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (argparse prints the whole usage first)."""
 
     def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        if is_first_rank_or_alone():  # under torchrun: once per run, not once per process
+            print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """`--lr -1e-4`: argparse takes "-1e-4" for an option (only -1 and -.5 look like numbers to
+        it) and says "expected one argument"; passed as --lr=-1e-4, the flag's own check says why."""
+        args = list(sys.argv[1:] if args is None else args)
+        for i in range(len(args) - 1, 0, -1):
+            flag, value = args[i - 1], args[i]
+            if flag.startswith("--") and "=" not in flag and value.startswith("-") and _is_number(value):
+                args[i - 1:i + 1] = [f"{flag}={value}"]
+        return super().parse_known_args(args, namespace)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.split(",")[0])  # --lr -1e-4,1e-3 too
+        return True
+    except ValueError:
+        return False
 
 
 def argtype(check):
@@ -64,10 +84,15 @@ def utf8_text(text: str) -> str:
     """Text from the command line that is valid UTF-8 (Python keeps undecodable bytes as surrogates)."""
     try:
         text.encode("utf-8")
+        return text
     except UnicodeEncodeError as e:
-        bad = text[e.start].encode("utf-8", "surrogateescape")
-        raise argparse.ArgumentTypeError(f"not UTF-8 text: byte 0x{bad[0]:02x} at character {e.start + 1}") from None
-    return text
+        error = e
+    try:  # under an ASCII locale (LC_ALL=C, PYTHONUTF8=0) valid UTF-8 arrives as surrogates too
+        return os.fsencode(text).decode("utf-8")
+    except (UnicodeError, ValueError):
+        bad = text[error.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: byte 0x{bad[0]:02x} at character {error.start + 1}") \
+            from None
 
 
 def memory_size(text: str) -> int:
@@ -342,6 +367,10 @@ def check_train_flags(args):
     evaluating = args.eval_strategy in ("steps", "epoch") or (args.eval_strategy is None and args.eval_every)
     if (args.save_best or args.patience) and not evaluating:
         raise UserError("--save-best and --patience act on evaluations during training: add --eval-every N")
+    model_dir = os.path.expanduser(args.model)
+    continuing = (args.resume or args.resume_from) and outdir.continues(os.path.join(model_dir, "resume.pt"), args.out)
+    if os.path.isdir(model_dir) and args.model not in hub.ALIASES and not continuing:
+        outdir.check_finished(model_dir)  # (--model OUT --out OUT --resume: the base of the run being resumed)
     if args.resume and args.resume_from:
         raise UserError("--resume continues --out; --resume-from-checkpoint continues a given state: pick one")
     if args.resume_from and not os.path.isfile(outdir.state_file(args.resume_from)):

@@ -99,10 +99,14 @@ def validation_text(args, fresh_source=None) -> str | None:
 
 
 def _eval_setting(args):
-    """What a saved eval_loss depends on besides the model: the text (and its bytes) and the block size."""
+    """What a saved eval_loss depends on besides the model: the text (its bytes, and how they were
+    read into ids) and the block size."""
     data = args.get("data") or {}
     text = data.get("validation_sha256") or (validation_text(args), data.get("train_sha256"))
-    return text, args.get("block_size"), args.get("max_eval_samples")
+    # The same bytes read into other ids (--keep-linebreaks, another tokenizer) are other blocks:
+    # the blocks' own sha256 where the run recorded it, else what decides them.
+    reading = data.get("validation_ids_sha256") or (args.get("keep_linebreaks", True), data.get("tokenizer"))
+    return text, reading, args.get("block_size"), args.get("max_eval_samples")
 
 
 def comparison_rows(dirs, fresh_eval=None, fresh_source=None) -> list[dict]:
@@ -139,7 +143,9 @@ def comparison_rows(dirs, fresh_eval=None, fresh_source=None) -> list[dict]:
             "precision": args.get("precision"),
             "validation": validation_text(args, fresh_source if d in fresh_eval else None),
             # Rows measured just now were all measured by one command, on one text.
-            "eval_setting": ("measured now", fresh_source) if d in fresh_eval else _eval_setting(args),
+            # (Each run's file is read as it read its own: --keep-linebreaks, from its run_args.json.)
+            "eval_setting": ("measured now", fresh_source, args.get("keep_linebreaks", True)) if d in fresh_eval
+            else _eval_setting(args),
             "train_loss": results.get("train_loss"),
             **{name: results.get(name) for name in METRICS},
             # A resumed run's train_runtime is its last session's; the whole run's, where recorded.
@@ -163,8 +169,8 @@ def not_comparable(rows) -> str | None:
         return None
     texts = list(dict.fromkeys(str(r["validation"]) for r in measured))  # in the rows' order, once each
     return (f"not comparable: {', '.join(METRICS)} were measured on different validation "
-            f"texts or block sizes ({', '.join(texts)}); python evaluate.py RUNS --validation-file FILE "
-            f"measures them all on one")
+            f"texts, tokenizations or block sizes ({', '.join(texts)}); python evaluate.py RUNS "
+            f"--validation-file FILE measures them all on one")
 
 
 def format_cell(key, value) -> str:

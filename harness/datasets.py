@@ -12,7 +12,9 @@ a bit flipped), so the ids are stored with their own SHA-256 and checked on ever
 load, together with their dtype, their shape and the vocabulary's size; a cache that
 fails any check is tokenized again, with a warning. `GPT2_CACHE_DIR` moves the cache.
 The file's SHA-256 is also handed back (`train_sha256`, `validation_sha256`), so
-that a checkpoint can record which exact text it was trained on.
+that a checkpoint can record which exact text it was trained on, and so are the
+SHA-256 of the blocks themselves (`train_ids_sha256`, `validation_ids_sha256`) and the
+tokenizer's fingerprint: the same bytes read another way are other blocks.
 
 With no training file at all, the demo corpus is the text of the Python language
 reference that ships with every CPython (`pydoc_data.topics`): about 465,000
@@ -140,7 +142,7 @@ def _cached_ids(content: bytes, get_texts, tokenizer, cache_dir, reading):
     if os.path.exists(path):
         ids = _load_cached(path, tokenizer)
         if ids is None:
-            print(f"warning: {path}: corrupt token cache, tokenizing again", file=sys.stderr)
+            print(f"warning: {path}: unreadable or damaged token cache, tokenizing again", file=sys.stderr)
     if ids is None:
         ids = tokenize_texts(get_texts(), tokenizer)
         _save_cached(path, ids)
@@ -237,6 +239,12 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
         "validation_blocks": 0 if val is None else int(len(val)),
         "train_sha256": train_sha256,
         "validation_sha256": val_sha256,
+        # What the run reads, not only the bytes it came from: the same file read with another
+        # --keep-linebreaks or tokenizer gives other ids (checkpoint.py refuses such a resume,
+        # compare.py such a table).
+        "train_ids_sha256": _ids_sha256(train),
+        "validation_ids_sha256": None if val is None else _ids_sha256(val),
+        "tokenizer": tokenizer.fingerprint,
     }
     info["summary"] = _summary(info, len(blocks), validation_percent, val_ids)
     return train, val, info
@@ -249,7 +257,8 @@ def validation_dataset(validation_file, block_size, tokenizer, cache_dir, *, kee
     val = make_blocks(ids, block_size, str(validation_file))
     info = {"train_source": None, "demo": False, "block_size": block_size, "train_tokens": 0, "dropped_tokens": 0,
             "train_blocks": 0, "validation_source": str(validation_file), "validation_blocks": int(len(val)),
-            "train_sha256": None, "validation_sha256": sha256}
+            "train_sha256": None, "validation_sha256": sha256, "validation_ids_sha256": _ids_sha256(val),
+            "tokenizer": tokenizer.fingerprint}
     info["summary"] = (f"validation: {validation_file}: {len(ids):,} tokens -> {len(val):,} blocks of {block_size} "
                        f"(no training text read: --do_eval alone)")
     return val, info
@@ -268,7 +277,8 @@ def _training_ids(train_file, tokenizer, cache_dir, keep_linebreaks):
 def _summary(info, n_blocks, validation_percent, val_ids) -> str:
     """One line for the log: tokens, blocks, and where the validation set comes from."""
     summary = (f"{info['train_source']}: {info['train_tokens']:,} tokens -> {n_blocks:,} blocks "
-               f"of {info['block_size']} ({info['dropped_tokens']:,} tokens dropped); ")
+               f"of {info['block_size']} ({info['dropped_tokens']:,} token{'' if info['dropped_tokens'] == 1 else 's'} "
+               f"dropped); ")
     n_train, n_val = info["train_blocks"], info["validation_blocks"]
     if info["validation_source"] is None:
         return summary + "no validation set"

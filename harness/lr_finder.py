@@ -51,6 +51,7 @@ checkpoint on disk is exactly as before, and --out receives only the curve
 import csv
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,7 @@ from .run import setup
 from gpt2.trainer import Trainer
 
 BETA = 0.98          # smoothing of the loss, as fastai
+MIN_STEPS = 5        # fewer points make no curve to read a slope from
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss is above this many times its minimum
 
 
@@ -242,6 +244,11 @@ def main(args) -> int:
     """The range test from the command line: a curve, a suggestion, no checkpoint."""
     if not args.lr_min < args.lr_max:
         raise UserError(f"--lr-min {args.lr_min:g} must be below --lr-max {args.lr_max:g}")
+    if args.lr_min / args.lr_max < sys.float_info.min:  # the schedule's factor lr_min / lr_max would be 0
+        raise UserError(f"--lr-min {args.lr_min:g} to --lr-max {args.lr_max:g}: over 307 powers of ten, the rates "
+                        f"cannot be represented (the first would be 0); narrow the range (default 1e-7 to 1)")
+    if args.find_lr_steps < MIN_STEPS:
+        raise UserError(f"--find-lr-steps {args.find_lr_steps}: a curve needs at least {MIN_STEPS} steps")
     check(args.out, overwrite=True)  # a directory (or a path for one); only the curve is written there
     run = setup(args, args.lr_max)
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks, as in a training run
@@ -249,7 +256,7 @@ def main(args) -> int:
     # One epoch at most: every step sees text the model has not been trained on
     # yet, so a falling loss means learning, not memorising earlier batches.
     steps = min(args.find_lr_steps, trainer.steps_per_epoch)
-    if steps < 5:
+    if steps < MIN_STEPS:
         raise UserError(f"one epoch is only {trainer.steps_per_epoch} optimizer step(s), too few for a curve; "
                         f"use more text, or a smaller --block-size, --batch-size or --grad-accum")
     note = f" (one epoch of data; asked for {args.find_lr_steps})" if steps < args.find_lr_steps else ""

@@ -29,8 +29,11 @@ Three rules keep such a directory trustworthy:
    signal, or the evaluation ran out of memory); once
    every final file is written it is removed (a finished run is what its results
    say). A kill in the middle of the final save leaves "saving", so neither the table
-   of runs nor evaluate.py takes a half-saved directory for a finished run. With --overwrite, the old run's result files are
-   removed first: old results never sit beside new weights.
+   of runs nor evaluate.py takes a half-saved directory for a finished run; the
+   status turns "done" (noted) once the model and its results are written, before the
+   final evaluation, which a kill may cut. With --overwrite, the old run's result
+   files and its model are removed first: old results never sit beside new weights, and
+   an overwriting run that stops leaves no old model that looks like its own.
 3. Nothing planted in the directory is followed. The lock file is opened with
    O_NOFOLLOW and must be a regular file with one name (a link to another file would be
    truncated); every other file is written by a rename (files.py), which replaces a
@@ -59,6 +62,7 @@ from gpt2.errors import UserError
 from gpt2.files import atomic_path, is_temporary, read_json, write_json
 from gpt2.lora import adapter_dir, merged_model, save_adapter
 from gpt2.weights import save_checkpoint
+from .hub import ALIASES
 
 LOCK = ".lock"
 STATUS = "status.json"
@@ -136,11 +140,12 @@ class RunDir:
         return os.path.join(self.path, name)
 
     # --- the run's claim on the directory --------------------------------------------
-    def claim(self, overwrite=False, state=None, need_bytes=0, add=False):
+    def claim(self, overwrite=False, state=None, need_bytes=0, add=False, model_dir=None):
         """Lock the directory for this run, clean it, check the disk (start() marks it running).
 
         state: the resumable state the run continues from (see `check`). add: only add
-        result files beside what is there (--do_eval alone): nothing is removed.
+        result files beside what is there (--do_eval alone): nothing is removed. model_dir: where
+        the run's model was read from; when that is OUT itself, its files stay until replaced.
         """
         if not self.is_main:
             return self
@@ -157,7 +162,7 @@ class RunDir:
             check(self.path, overwrite, state)  # again, under the lock: another run may have just begun
             _check_names(self.path)
             _check_room(self.path, need_bytes)  # before anything is removed: a refusal loses nothing
-            self._clean(keep_results=continues(state, self.path))
+            self._clean(keep_results=continues(state, self.path), keep_model=_same_dir(model_dir, self.path))
         except BaseException:
             self.release()
             raise
@@ -178,7 +183,7 @@ class RunDir:
             self._lock.close()  # closing the descriptor drops the flock
             self._lock = None
 
-    def _clean(self, keep_results):
+    def _clean(self, keep_results, keep_model=False):
         """Remove the temporary files of killed saves; unless the run goes on, the old run's results.
 
         Only what this tool writes is removed (see the module docstring); what else is in
@@ -195,7 +200,10 @@ class RunDir:
             for name in os.listdir(self.path):
                 if name in RESULT_FILES + STATE_FILES or re.fullmatch(r"resume-\d+\.pt", name):
                     os.remove(self.file(name))
-            kept = _remove_ours(self.file("best"), lambda rel: rel in MODEL_FILES)
+                elif name in MODEL_FILES and not keep_model and stat.S_ISREG(os.lstat(self.file(name)).st_mode):
+                    os.remove(self.file(name))  # the old model: never taken for the new run's if it stops
+            kept = [] if keep_model else _remove_ours(self.file("adapter"), lambda rel: rel in MODEL_FILES)
+            kept += _remove_ours(self.file("best"), lambda rel: rel in MODEL_FILES)
             kept += _remove_ours(self.file("runs"), lambda rel: rel.count(os.sep) == 1 and
                                  TENSORBOARD_FILE.fullmatch(os.path.basename(rel)) is not None)
             for name in os.listdir(self.path):  # checkpoint-<step>/: a model and its state (checkpoints.py)
@@ -248,6 +256,16 @@ def copy_files(paths, directory):
             shutil.copyfile(src, tmp)
 
 
+def check_finished(model_dir):
+    """--model DIR where DIR is a run of train.py: only a finished one (status.json) is a model."""
+    status = run_status(model_dir)
+    state = status.get("status")
+    if state in ("running", "saving", "stopped", "failed", "interrupted"):
+        reason = f": {status['reason']}" if status.get("reason") else ""
+        raise UserError(f"--model {model_dir}: its run is not finished (status.json: {state}{reason}), so its "
+                        f"files may not be one model; finish it with --resume, or start from another model")
+
+
 def save_model(run, directory, base_model):
     """A complete model directory (OUT, best/, a checkpoint folder): the weights, config.json and
     the model's own tokenizer; with LoRA, the merged weights and the adapter in adapter/
@@ -264,7 +282,16 @@ def save_model(run, directory, base_model):
         if name not in ours and os.path.lexists(other) and not os.path.isdir(other):
             os.remove(other)
     if getattr(model, "lora_config", None):
-        save_adapter(model, adapter_dir(directory), base_model=base_model)
+        # A local base as an absolute path: peft opens the adapter from any directory.
+        local = os.path.isdir(base_model) and base_model not in ALIASES
+        save_adapter(model, adapter_dir(directory), base_model=os.path.abspath(base_model) if local else base_model)
+
+
+def _same_dir(a, b) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _remove(path):

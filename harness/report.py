@@ -34,7 +34,7 @@ def format_runtime(seconds: float) -> str:
 
 
 def format_value(key: str, value):
-    if key.endswith("_runtime"):
+    if key.endswith(("_runtime", "_runtime_total")):
         return format_runtime(value)
     if key.endswith("_mem_mb") or key.endswith("_memory_mb"):
         return round(value)

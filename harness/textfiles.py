@@ -29,11 +29,14 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 
 from gpt2.errors import UserError
 from gpt2.files import BOUNDED, MAX_JSON_DEPTH, check_depth, open_regular, read_capped
 
+# Half of a UTF-16 pair on its own: JSON's "\ud800" decodes to it, and it is no character.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # How a file is read, by its extension, as run_clm picks the `datasets` loader.
 FORMATS = {".txt": "txt", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -232,6 +235,11 @@ def _json_texts(source, text: str) -> list[str]:
         if not isinstance(r[column], str):
             raise UserError(f'{source}: {record(i)}: "{column}" is '
                             f"{_json_kind(r[column])}, not a string")
+        lone = LONE_SURROGATE.search(r[column])
+        if lone:  # "\ud800" alone is valid JSON, but no character: no tokenizer can read it
+            raise UserError(f'{source}: {record(i)}: "{column}" holds a lone surrogate (\\u{ord(lone[0]):04x} at '
+                            f"character {lone.start() + 1}), which is no character; a character beyond U+FFFF "
+                            f"is written as a pair, such as \\ud83d\\ude00")
         texts.append(r[column])
     return texts
 

@@ -9,6 +9,8 @@ moment of a run (torchrun passes the environment on to its workers):
     KILL_IN_STEP=s      SIGKILL inside step s: its gradients are there, its update is not
     CTRL_C_AT=s         Ctrl-C (SIGINT) during optimizer step s
     CTRL_C_EVAL=n       Ctrl-C as the n-th evaluation starts (during training or the final one)
+    KILL_EVAL=n         SIGKILL at that moment
+    KILL_IN_ROTATION=f  SIGKILL while --save-total-limit removes a checkpoint folder, its file f gone
     CTRL_C_SAVE=k       k Ctrl-C while the final model.safetensors is written (complete, not renamed)
     KILL_IN_WEIGHTS=1   SIGKILL at that same moment
     FULL_WEIGHTS=1      the disk fills while model.safetensors is written (safetensors' own error)
@@ -25,6 +27,7 @@ moment of a run (torchrun passes the environment on to its workers):
     PROBE_OUT=dir       (torchrun) each rank writes rankN.json: its all-reduces and random seed
     RANK1_FAIL_AT=s     (torchrun) rank 1 raises a UserError at step s
     RANK1_CTRL_C_AT=s   (torchrun) Ctrl-C to rank 1 alone at step s
+    RANK1_KILL_AT=s     (torchrun) SIGKILL to rank 1 alone at step s
 """
 
 import json
@@ -37,7 +40,7 @@ import torch
 from gpt2 import evaluation, loop, weights
 from gpt2.errors import UserError
 from gpt2.trainer import Trainer
-from harness import run
+from harness import checkpoints, run
 from harness.hooks import RunHooks
 from harness.outdir import RunDir
 
@@ -55,6 +58,24 @@ def ctrl_c(times=1):
 
 def kill():
     os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind
+
+
+class RotationKiller:
+    """harness/checkpoints.py's shutil, whose rmtree of a whole checkpoint folder (--save-total-limit),
+    with KILL_IN_ROTATION=name set, removes that file of it and then SIGKILLs the process."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def rmtree(self, path, *a, **k):
+        victim = os.path.join(path, os.environ.get("KILL_IN_ROTATION", ""))
+        if os.environ.get("KILL_IN_ROTATION") and os.path.isfile(victim):
+            os.remove(victim)
+            kill()
+        return self._real.rmtree(path, *a, **k)
 
 
 def after(cls, name, action):
@@ -96,6 +117,8 @@ def install_run_faults():
         evaluations[0] += 1
         if evaluations[0] == env("CTRL_C_EVAL"):
             ctrl_c()
+        if evaluations[0] == env("KILL_EVAL"):
+            kill()
         if evaluations[0] == env("SIGNAL_AT_EVAL"):
             os.kill(os.getpid(), int(os.environ["SIG"]))
             time.sleep(0.05)
@@ -128,6 +151,7 @@ def install_run_faults():
 
     before(run, "load_data", lambda *a: env("CTRL_C_SETUP") == 1 and ctrl_c())
     before(RunDir, "write_json", lambda out, name, obj: name == os.environ.get("KILL_AT_JSON") and kill())
+    checkpoints.shutil = RotationKiller(checkpoints.shutil)
 
     def hold_the_directory(t, *a):
         if t.step == 2 and os.environ.get("SLEEP_MARKER"):
@@ -173,6 +197,8 @@ def install_torchrun_probes():
     def rank1_faults(t, *a):
         if rank == 1 and t.step == env("RANK1_FAIL_AT"):
             raise UserError("rank 1 cannot go on")
+        if rank == 1 and t.step == env("RANK1_KILL_AT"):
+            kill()  # SIGKILL: rank 0 finds its peer gone in the next collective
         if rank == 1 and t.step == env("RANK1_CTRL_C_AT"):
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as torchrun passes it on, to rank 1 only
     before(Trainer, "optimizer_step", rank1_faults)

@@ -376,7 +376,7 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 # --- a damaged cache ------------------------------------------------------------
 
-CORRUPT = "warning: {}: corrupt token cache, tokenizing again\n"
+CORRUPT = "warning: {}: unreadable or damaged token cache, tokenizing again\n"
 
 
 def make_cache(tok, tmp_path, text="A few words of text, to be cached.\n" * 40):

@@ -957,7 +957,7 @@ def test_corrupt_token_cache_is_rebuilt(capsys, tiny, text, tmp_path, damage):
         path.unlink()
         path.mkdir()
     second = ok(train(capsys, *base_args(tiny, text, cache_dir, tmp_path / "b", 2, "--validation-split", 0)))
-    assert "corrupt token cache" in second.stderr and "Traceback" not in second.stderr
+    assert "damaged token cache" in second.stderr and "Traceback" not in second.stderr
     a = json.loads((tmp_path / "a" / "train_results.json").read_text())
     b = json.loads((tmp_path / "b" / "train_results.json").read_text())
     assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)  # the same tokens again
