@@ -35,20 +35,22 @@ def eval_block(stdout) -> dict:
     return dict(re.findall(r"^  (\w+)\s+=\s+(\S+)$", stdout, flags=re.M))
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill", "ctrl-c-lora"])
 def test_a_stopped_run_is_evaluated_sampled_and_plotted_at_its_saved_step(setting, tmp_path, capsys, how, monkeypatch):
     """Stopped mid-way (Ctrl-C: interrupted; SIGKILL after the save of step 4: stopped), the run is
     measured on its held-out text with the weights of its saved step: exactly the metrics of a run
     that ended at that step (constant learning rate: the same weights), and every output names the step."""
     tiny, text, cache, common = setting
     out = tmp_path / "stopped"
-    env = {"CTRL_C_AT": "3"} if how == "ctrl-c" else {"KILL_AT": "4"}
-    extra = [] if how == "ctrl-c" else ["--save-every", "2"]
+    ctrl_c = how.startswith("ctrl-c")
+    env = {"CTRL_C_AT": "3"} if ctrl_c else {"KILL_AT": "4"}
+    # With LoRA the state holds the frozen weights and the adapters: merged, as train.py saves them.
+    extra = ["--lora", "4"] if how == "ctrl-c-lora" else [] if ctrl_c else ["--save-every", "2"]
     p = run_python(INJECTED_TRAIN, *common, *extra, "--max-steps", "8", "--out", out, env=env)
-    assert p.returncode == (130 if how == "ctrl-c" else -signal.SIGKILL), p.stderr
+    assert p.returncode == (130 if ctrl_c else -signal.SIGKILL), p.stderr
     step = torch.load(out / "resume.pt", weights_only=True)["step"]
-    assert step == (3 if how == "ctrl-c" else 4)
-    word = "interrupted" if how == "ctrl-c" else "stopped"
+    assert step == (3 if ctrl_c else 4)
+    word = "interrupted" if ctrl_c else "stopped"
     assert not (out / "model.safetensors").exists()
 
     # The reference: a run that ended at that step (trained as the stopped one: one thread), evaluated
