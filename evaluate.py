@@ -119,10 +119,11 @@ def measure(args, found, model, tokenizer, device, precision):
 
 
 def looking_at(found) -> str:
-    """' (step 120 of 600, interrupted: the weights in ckpt/resume.pt)', or '' for a finished model."""
-    if found.state is None:
+    """' (step 120 of 600, interrupted: the weights saved in ckpt/resume.pt)'; '' for a model not of a run."""
+    at = found.at()
+    if at is None:
         return ""
-    return f" ({found.at()}: the weights saved in {found.state})"
+    return f" ({at}" + (f": the weights saved in {found.state})" if found.state else ")")
 
 
 # --- sampling ------------------------------------------------------------------------
@@ -172,10 +173,10 @@ def evaluate_models(args, asked) -> dict:
     for name in args.models:
         model = runmodel.load(found[name]).to(device).eval()
         tokenizer = Tokenizer.for_checkpoint(found[name].tokenizer_dir(), model.config.vocab_size)
-        at = found[name].at() if found[name].state is not None else None  # a stopped run: which step
+        at = found[name].at()  # which step of which run: "step 120 of 600, interrupted"
         if asked.metrics:
             measured[name] = measure(args, found[name], model, tokenizer, device, precision)
-            if len(args.models) > 1 or at:
+            if len(args.models) > 1 or found[name].state:  # a stopped run: its step, before its numbers
                 print(f"== {name}" + (f" ({at})" if at else "") + " ==")
             print(metrics_block("eval", measured[name]))
         if asked.sample:

@@ -36,6 +36,7 @@ from .outdir import run_status
 
 STATE = "resume.pt"
 UNFINISHED = ("running", "saving", "stopped", "failed", "interrupted")
+LORA_KEYS = ("rank", "alpha", "dropout", "targets")  # lora.LoRAConfig, as checkpoint.py keeps it
 
 
 @dataclass
@@ -96,7 +97,7 @@ def load(found: Found) -> GPT2:
     s = _read_state(found.state)
     model = GPT2(GPT2Config.from_dict(s["model_config"], where=found.state))
     if s.get("lora"):  # the state holds the frozen weights and the adapters: merged, as train.py saves
-        add_lora(model, **{k: s["lora"][k] for k in ("rank", "alpha", "dropout", "targets")})
+        add_lora(model, **{k: s["lora"][k] for k in LORA_KEYS})
     try:
         model.load_state_dict(s["model"])
     except (RuntimeError, KeyError, TypeError) as e:
@@ -129,7 +130,8 @@ def _read_state(path) -> dict:
     except Exception as e:
         raise UserError(f"{path}: not a readable training state ({type(e).__name__})") from None
     if not (isinstance(s, dict) and isinstance(s.get("model"), dict) and isinstance(s.get("model_config"), dict)
-            and isinstance(s.get("step"), int) and isinstance(s.get("lora"), (dict, type(None)))):
+            and isinstance(s.get("step"), int) and isinstance(s.get("lora"), (dict, type(None)))
+            and all(k in (s["lora"] or LORA_KEYS) for k in LORA_KEYS)):
         raise UserError(f"{path}: not a training state of train.py (no weights, model config or step)")
     return s
 
@@ -154,7 +156,8 @@ def _finished_step(directory) -> tuple:
     total = run_args.get("total_steps") if isinstance(run_args.get("total_steps"), int) else None
     if not steps and total is None:
         return None, None, None  # not a run of train.py: nothing to say
+    if run_args.get("save_best"):  # the weights of the best evaluation, not of the last step
+        return None, total, "finished, the best evaluation's weights (--save-best)"
     # Every planned step ran, unless --patience stopped the run early: then at its last log line.
     step = steps[-1] if (run_args.get("patience") and steps) or total is None else total
-    best = " (--save-best: the best evaluation's weights)" if run_args.get("save_best") else ""
-    return step, total, "finished" + best
+    return step, total, "finished"
