@@ -359,7 +359,7 @@ def test_ctrl_c_during_training_keeps_a_resumable_state(capsys, patched, tiny, t
     assert state_step(out / "resume.pt") == 3
     assert not (out / "model.safetensors").exists()
     assert run_status(out)["status"] == "interrupted"
-    assert comparison_rows([str(out)])[0]["status"] == "interrupted"
+    assert comparison_rows([str(out)])[0]["status"] == "interrupted at step 3 of 6"  # its state's step
     p = ok(train(capsys, *args, "--resume"))
     assert "resuming at step 3 of 6" in p.stdout
     assert_finite_model(out)
