@@ -6,6 +6,10 @@
     python evaluate.py runs/* --plot curves.png        # ... and their loss curves
     python evaluate.py ckpt/ --prompt "def main("      # a sample continuation
 
+A run stopped before its end (Ctrl-C, a kill) or still training is measured, sampled
+and plotted too: its weights are those of the last state it saved (harness/runmodel.py),
+and every result says which step that is ("step 120 of 600, interrupted").
+
 The numbers come from gpt2/evaluation.py, the same code train.py runs at the end of
 training, so re-measuring a checkpoint on the same text gives what training printed.
 `main` reads what was asked, then does it: one function per kind of request.
@@ -22,7 +26,7 @@ from gpt2.evaluation import evaluate
 from gpt2.files import read_json, write_json
 from gpt2.precision import autocast, eval_precision, pick_device, resolve_precision
 from gpt2.tokenizer import Tokenizer
-from gpt2.weights import load_checkpoint
+from harness import runmodel
 from harness.cli import evaluate_parser
 from harness.compare import comparison_rows, format_table, is_run_dir, plot_curves
 from harness.evaldata import check_model_arg, run_args_of, validation_blocks
@@ -54,10 +58,9 @@ def main(argv=None):
 def what_is_asked(args):
     """Which of metrics, a table of runs and samples the flags ask for (see --help)."""
     several = len(args.models) > 1
-    numbers = args.prompt is None or bool(args.validation_file) or bool(args.json)
-    # --plot alone draws the saved curves: no evaluation is run for it (only --validation-file or --json asks).
-    plot_only = bool(args.plot) and not (args.validation_file or args.json)
-    return SimpleNamespace(metrics=numbers and not plot_only and (not several or bool(args.validation_file)),
+    # --plot alone draws the saved logs: no evaluation of the model (minutes on a CPU) to draw them.
+    numbers = (args.prompt is None and not args.plot) or bool(args.validation_file) or bool(args.json)
+    return SimpleNamespace(metrics=numbers and (not several or bool(args.validation_file)),
                            table=numbers and several, sample=args.prompt is not None)
 
 
@@ -94,22 +97,38 @@ def check_output_file(path, flag):
         raise UserError(f"{flag} {path}: cannot write in {folder}")
 
 
-def measure(args, name, model, directory, tokenizer, device, precision):
-    """(eval metrics, block size) of one model."""
+def block_size_of(args, found) -> int:
+    """The block size a model is measured with: --block-size, else its run's, else its context."""
+    return pick_block_size(args.block_size or run_args_of(found.directory).get("block_size"), found.n_positions)
+
+
+def measure(args, found, model, tokenizer, device, precision):
+    """The eval metrics of one model (`found`: runmodel.locate's answer)."""
+    name, directory = found.name, found.directory
     run_args = run_args_of(directory)
     # A fine-tuned run's block in run_clm also shows the epochs it was trained for (read first:
-    # a file that cannot be read is said before the evaluation, not after it).
+    # a file that cannot be read is said before the evaluation, not after it). A stopped run
+    # has no results yet: its weights are those of the step `found.at()` names.
     results = {}
-    for f in ("all_results.json", "train_results.json"):
-        results.update(read_json(os.path.join(directory, f), {}, kind=dict))
-    block_size = pick_block_size(args.block_size or run_args.get("block_size"), model.config.n_positions)
+    if found.state is None:
+        for f in ("all_results.json", "train_results.json"):
+            results.update(read_json(os.path.join(directory, f), {}, kind=dict))
+    block_size = block_size_of(args, found)
     blocks, source = validation_blocks(args, name, directory, run_args, block_size, tokenizer)
-    print(f"evaluating {name} on {source}: {len(blocks):,} blocks of {block_size} tokens, "
+    print(f"evaluating {name}{looking_at(found)} on {source}: {len(blocks):,} blocks of {block_size} tokens, "
           f"batch {args.batch_size}, {device.type} {precision}", file=sys.stderr)
     metrics = evaluate(model, blocks, args.batch_size, device, precision, progress=sys.stderr.isatty())
     if isinstance(results.get("epoch"), (int, float)):
         metrics = {"epoch": results["epoch"], **metrics}
-    return metrics, block_size
+    return metrics
+
+
+def looking_at(found) -> str:
+    """' (step 120 of 600, interrupted: the weights saved in ckpt/resume.pt)'; '' for a model not of a run."""
+    at = found.at()
+    if at is None:
+        return ""
+    return f" ({at}" + (f": the weights saved in {found.state})" if found.state else ")")
 
 
 # --- sampling ------------------------------------------------------------------------
@@ -146,30 +165,34 @@ def evaluate_models(args, asked) -> dict:
     for name in args.models:
         check_model_arg(name)
     directories = {name: resolve(name, args.weights_dir) for name in args.models}  # downloads first
+    # Which weights each name means (a finished model, or a stopped run's state), before any work.
+    found = {name: runmodel.locate(name, directories[name]) for name in args.models}
+    if asked.metrics:
+        block_sizes = {block_size_of(args, f) for f in found.values()}
+        if len(block_sizes) > 1:  # said now, not after hours of evaluating
+            print(f"warning: the models will be measured on blocks of different sizes ({sorted(block_sizes)}, "
+                  f"from their runs): their eval_loss is not comparable; pass --block-size", file=sys.stderr)
     device = pick_device(args.device)
     precision = eval_precision(args.precision, resolve_precision(args.precision, device, "evaluating")[0])  # auto: fp32
-    measured, block_sizes = {}, set()
+    measured = {}
     for name in args.models:
-        model = load_checkpoint(directories[name]).to(device).eval()
-        tokenizer = Tokenizer.for_checkpoint(directories[name], model.config.vocab_size)
+        model = runmodel.load(found[name]).to(device).eval()
+        tokenizer = Tokenizer.for_checkpoint(found[name].tokenizer_dir(), model.config.vocab_size)
+        at = found[name].at()  # which step of which run: "step 120 of 600, interrupted"
         if asked.metrics:
-            measured[name], block_size = measure(args, name, model, directories[name], tokenizer, device, precision)
-            block_sizes.add(block_size)
-            if len(args.models) > 1:
-                print(f"== {name} ==")
+            measured[name] = measure(args, found[name], model, tokenizer, device, precision)
+            if len(args.models) > 1 or found[name].state:  # a stopped run: its step, before its numbers
+                print(f"== {name}" + (f" ({at})" if at else "") + " ==")
             print(metrics_block("eval", measured[name]))
         if asked.sample:
             texts = sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                            args.seed, device, precision, top_p=args.top_p, num_samples=args.num_samples)
             for i, text in enumerate(texts, 1):
                 number = f" {i} of {len(texts)}" if len(texts) > 1 else ""
-                print(f"----- sample{number} from {name} (seed {args.seed}, temperature {args.temperature}, "
-                      f"top-k {args.top_k or 'off'}, top-p {args.top_p:g}) -----")
+                print(f"----- sample{number} from {name}" + (f" at {at}" if at else "") + f" (seed {args.seed}, "
+                      f"temperature {args.temperature}, top-k {args.top_k or 'off'}, top-p {args.top_p:g}) -----")
                 print(text)
         del model  # free its memory before the next one
-    if len(block_sizes) > 1:
-        print(f"warning: the models were measured on blocks of different sizes ({sorted(block_sizes)}, "
-              f"from their runs): their eval_loss is not comparable; pass --block-size", file=sys.stderr)
     return measured
 
 

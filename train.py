@@ -24,7 +24,7 @@ from gpt2.loop import History
 from gpt2.trainer import Trainer
 from harness import lr_finder, outdir, plan, streams
 from harness.cli import check_train_flags, train_parser, wants_tensorboard
-from harness.hooks import RunHooks, bytes_needed
+from harness.hooks import ESTIMATE_AFTER, RunHooks, bytes_needed
 from harness.report import Logger, metrics_block
 from harness.run import describe, setup
 from harness.signals import Interrupt
@@ -86,7 +86,8 @@ def train(args, lr):
                 hooks.print(note)
             if state:
                 resume(trainer, history, state, run.data_info, hooks)
-            out.start()
+            out.start(hooks.run_args)  # run_args.json now: a stopped run can be evaluated (harness/runmodel.py)
+            hooks.print(first_step_note(trainer))  # the silence until the first progress line, explained
             reason, train_metrics = loop.train(trainer, run.val_blocks, hooks, history)
             if reason == "interrupted":
                 hooks.print(f"interrupted at step {trainer.step}: resumable state saved in {args.out}; "
@@ -112,10 +113,20 @@ def train(args, lr):
 
 def resume(trainer, history, state, data_info, hooks):
     """Continue from a resumable state: the trainer, the history, and log.jsonl cut back to it."""
+    hooks.print(f"loading the resumable state {state} ({os.path.getsize(state) / 1e9:.2g} GB: the weights and "
+                f"AdamW's moments)")
     notes = checkpoint.load(trainer, history, state, data_info)
     hooks.resumed(trainer, history)
     for note in notes:  # a resume that will not be bit-exact says so
         hooks.print(note)
+
+
+def first_step_note(trainer) -> str:
+    """What happens until the first progress line: the first step, slower than the rest."""
+    session = trainer.total_steps - trainer.step
+    estimate = f"; the time estimate after {ESTIMATE_AFTER + 1} steps" if session > 2 * ESTIMATE_AFTER else ""
+    progress = "; the progress follows it" if trainer.cfg.progress else ""
+    return f"step {trainer.step + 1} starting: the first step warms up and is the slowest{progress}{estimate}"
 
 
 def checked_state(args, lr):

@@ -78,8 +78,8 @@ class Hooks:
         """Did a signal ask the run to stop (harness/signals.py)?"""
         return False
 
-    def after_step(self, trainer) -> None:
-        """After each step, for a progress display."""
+    def after_step(self, trainer, loss=None) -> None:
+        """After each step, for a progress display; `loss`: this step's, a tensor on the device."""
 
 
 class History:
@@ -168,7 +168,7 @@ def train(trainer, val_blocks, hooks: Hooks, history: History | None = None):
             reason = "interrupted"
             break
         loss, grad_norm = result  # (the step counter moved on: t.step is the steps done)
-        hooks.after_step(t)
+        hooks.after_step(t, loss)
 
         # --- between two steps -------------------------------------------------------
         history.add_loss(loss, check_finite=cfg.precision != "fp16")  # fp16: the scaler's business

@@ -122,8 +122,9 @@ def resolve_precision(requested: str, device: torch.device, task: str = "trainin
     auto = ("bf16", "auto: this CPU multiplies bf16 natively (AVX512-BF16/AMX)") if native else \
         ("fp32", "auto: this CPU has no native bf16 (AVX512-BF16/AMX), so fp32 is faster")
     if requested == "fp16":
+        # Said as what it is: --fp16 was not honoured; what auto picks is used in its place.
         print(f"warning: --fp16 needs a CUDA GPU; {task} in {auto[0]} on the cpu", file=sys.stderr)
-        return auto
+        return auto[0], f"--fp16 needs a CUDA GPU, so what auto picks: {auto[1].removeprefix('auto: ')}"
     if requested == "bf16":
         if not native:
             print("warning: --bf16 on a CPU without native bf16 (AVX512-BF16/AMX): it is emulated, "
@@ -147,7 +148,7 @@ def eval_precision(requested: str, precision: str) -> str:
 
 def eval_note(precision: str, evals: str) -> str:
     """What the run's header (and --plan) adds to the precision line when evaluations differ."""
-    return f"; evaluations in {evals} (auto is for training only)" if evals != precision else ""
+    return f"; evaluations in {evals} (what auto picks is for training only)" if evals != precision else ""
 
 
 def use_tf32(device: torch.device) -> None:

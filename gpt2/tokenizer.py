@@ -84,6 +84,7 @@ class Tokenizer:
         # May a long text be cut before a space and tokenized in pieces (data.pieces)? True
         # for GPT-2's byte-level BPE; a tokenizer.json of another kind may join across spaces.
         self.splits_at_spaces = True
+        self.fallback = False  # GPT-2's files, taken because the model directory had none (for_checkpoint)
         self.eot_id = tok.token_to_id(EOT_TOKEN)  # None for a tokenizer without it
         # The rows of the embedding matrix its ids need: an added token may have any id.
         self.vocab_size = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
@@ -149,6 +150,7 @@ class Tokenizer:
                             f"the run's --out or the model it started from")
         else:
             tok = cls.from_dir(SHIPPED_DIR)
+            tok.fallback = True  # the model directory has none of its own
         if tok.vocab_size > model_vocab_size:
             raise UserError(f"{directory}: the tokenizer has ids up to {tok.vocab_size - 1}, "
                             f"the model's vocab_size is only {model_vocab_size}")
@@ -169,8 +171,9 @@ class Tokenizer:
         """One line for the run's header: which files, from where, and any added tokens."""
         added = sum(t.content != EOT_TOKEN for t in self._tok.get_added_tokens_decoder().values())
         names = " + ".join(os.path.basename(f) for f in self.files if os.path.basename(f) not in EXTRA_FILES)
+        # "has none" only when it was a fallback: weights/gpt2/ is also gpt2's own model directory.
         return (f"tokenizer: {names} of {self.source}" + (" (GPT-2's: the model directory has none)"
-                if self.source == SHIPPED_DIR else "") + (f", {added} added token(s)" if added else ""))
+                if self.fallback else "") + (f", {added} added token(s)" if added else ""))
 
     def save_tokenizer_json(self, path: str) -> None:
         """The single-file tokenizer.json form (what transformers' fast tokenizer loads)."""

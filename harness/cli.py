@@ -397,7 +397,11 @@ what is done:
                    a base model (gpt2, ...) may then be one of them.
   --prompt TEXT    a sampled continuation from each MODEL, and only that, unless
                    --validation-file or --json asks for the metrics as well.
-  --plot PATH      the loss curves of the given run directories, in one PNG.
+  --plot PATH      the loss curves of the given run directories, in one PNG, from
+                   their logs: alone, it measures nothing (and, with several, prints
+                   the table).
+A run stopped before its end (Ctrl-C, a kill) or still going: its weights are those
+of its last saved state (OUT/resume.pt), and every result names that step.
 
 validation text, when --validation-file is not given: the one recorded in the
 checkpoint's run_args.json (its validation file, else the same last

@@ -14,7 +14,7 @@ no model and no GPU, only these JSON files:
 
 Any of them may be missing (a run stopped early, a run without validation): the
 table then shows '-' rather than refusing. `plot_curves` draws the training loss of
-each run against the epoch (and eval_loss where it was logged), which shows what the
+each run against the epoch (and eval_loss where it was measured), which shows what the
 final numbers hide: a learning rate that diverges, or a run still improving.
 """
 
@@ -76,6 +76,9 @@ def _run_names(dirs) -> list[str]:
 def _status(directory, run) -> str:
     status = run_status(directory)
     state = status.get("status")
+    if state == "interrupted" and isinstance(status.get("step"), int):  # the step its resume.pt holds
+        total = run["run_args"].get("total_steps")
+        return f"interrupted at step {status['step']}" + (f" of {total}" if isinstance(total, int) else "")
     if state in ("failed", "stopped"):
         return f"{state}: {status.get('reason') or 'no reason given'}"
     if state and state not in ("done", "finished", "ok", "completed"):
@@ -95,7 +98,9 @@ def validation_text(args, fresh_source=None) -> str | None:
     if not args or not percent:
         return None
     train = os.path.basename(args["train_file"]) if args.get("train_file") else "the demo corpus"
-    return f"last {percent:g}% of {train}"
+    share = (args.get("data") or {}).get("validation_share")  # held out in whole blocks: 1 of 3 is 33.3%
+    held = f"{round(100 * share, 1):g}%" if isinstance(share, float) and 0 < share < 1 else f"{percent:g}%"
+    return f"last {held} of {train}"
 
 
 def _eval_setting(args):
@@ -257,9 +262,15 @@ def no_curve_reason(directory, name) -> str:
 
 
 def loss_curves(directory) -> tuple[list, list]:
-    """([(epoch, loss)...] of training logs, [(epoch, eval_loss)...] of eval logs)."""
+    """([(epoch, loss)...] of training logs, [(epoch, eval_loss)...] of eval logs, and the
+    final evaluation's: a run that evaluated only at its end has one eval_loss point)."""
     history = log_entries(directory)
     train, evals = [], []
+    final = read_run(directory)["eval_results"]
+    logged = {e.get("epoch") for e in history if isinstance(e, dict) and "eval_loss" in e}
+    if isinstance(final.get("eval_loss"), (int, float)) and isinstance(final.get("epoch"), (int, float)) \
+            and final["epoch"] not in logged:  # an evaluation at the last step is logged already
+        history = history + [{"eval_loss": final["eval_loss"], "epoch": final["epoch"]}]
     for entry in history:
         if not isinstance(entry, dict):
             continue
@@ -273,6 +284,16 @@ def loss_curves(directory) -> tuple[list, list]:
     return train, evals
 
 
+def label(directory, name) -> str:
+    """A curve's name: the run's, and for a run not finished, how far it got ("interrupted at step 3 of 8")."""
+    word = run_status(directory).get("status")
+    if word in (None, "done"):
+        return name
+    steps = [e["step"] for e in log_entries(directory) if isinstance(e, dict) and isinstance(e.get("step"), int)]
+    logged = f"; logged to step {steps[-1]}" if steps else ""
+    return f"{name} ({_status(directory, read_run(directory))}{logged})"
+
+
 def plot_curves(dirs, path) -> None:
     """One PNG: the training loss of every run against the epoch, eval_loss dashed."""
     try:
@@ -282,20 +303,21 @@ def plot_curves(dirs, path) -> None:
     matplotlib.use("Agg")  # draw into a file; no window, no display needed
     import matplotlib.pyplot as plt
 
-    curves = [(name, *loss_curves(d)) for d, name in zip(dirs, _run_names(dirs))]
+    curves = [(label(d, name), *loss_curves(d)) for d, name in zip(dirs, _run_names(dirs))]
     if not any(train or evals for _, train, evals in curves):
         reasons = "; ".join(no_curve_reason(d, name) for d, name in zip(dirs, _run_names(dirs)))
         raise UserError(f"nothing to plot: {reasons}")
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, (name, train, evals) in enumerate(curves):
         color = f"C{i % 10}"  # the same colour for a run's two curves
-        if train:
-            ax.plot(*zip(*train), color=color, label=f"{name} loss")
+        if train:  # a few points (a run stopped early) get markers: a single one has no line to show
+            ax.plot(*zip(*train), color=color, marker="." if len(train) < 30 else None, label=f"{name} loss")
         if evals:
             ax.plot(*zip(*evals), color=color, linestyle="--", marker="o", label=f"{name} eval_loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy (nats)")
-    ax.set_title("training loss (solid) and eval_loss (dashed)")
+    drawn = any(evals for _, _, evals in curves)  # the title names only what is drawn
+    ax.set_title("training loss (solid)" + (" and eval_loss (dashed)" if drawn else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

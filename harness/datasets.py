@@ -226,7 +226,7 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
                   "measure memorisation, not generalisation (docs/lifecycle.md)", file=sys.stderr)
     else:
         train, val = split_blocks(blocks, validation_percent, train_source)
-        val_source = None if val is None else f"last {validation_percent}% of {train_source}"
+        val_source = None if val is None else f"last {held_out_share(len(val), len(blocks))} of {train_source}"
 
     info = {
         "train_source": train_source,
@@ -245,6 +245,8 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
         "train_ids_sha256": _ids_sha256(train),
         "validation_ids_sha256": None if val is None else _ids_sha256(val),
         "tokenizer": tokenizer.fingerprint,
+        # The share of the blocks held out: --validation-split 5 of 3 blocks holds out 1, a third.
+        "validation_share": None if val is None or validation_file is not None else len(val) / len(blocks),
     }
     info["summary"] = _summary(info, len(blocks), validation_percent, val_ids)
     return train, val, info
@@ -283,10 +285,18 @@ def _summary(info, n_blocks, validation_percent, val_ids) -> str:
     if info["validation_source"] is None:
         return summary + "no validation set"
     if val_ids is None:
-        return summary + (f"training on the first {n_train:,}, validating on the last "
-                          f"{n_val:,} ({validation_percent}%)")
+        held = held_out_share(n_val, n_blocks)
+        at_least_one = ", at least one" if n_val == 1 and n_blocks * validation_percent < 100 else ""
+        rounded = "" if held == f"{validation_percent:g}%" else \
+            f", --validation-split {validation_percent:g} in whole blocks{at_least_one}"
+        return summary + f"training on the first {n_train:,}, validating on the last {n_val:,} ({held}{rounded})"
     return summary + (f"validation: {info['validation_source']}: {len(val_ids):,} tokens "
                       f"-> {n_val:,} blocks")
+
+
+def held_out_share(n_val, n_blocks) -> str:
+    """'33.3%' for 1 block of 3: the share actually held out, which --validation-split only rounds to."""
+    return f"{round(100 * n_val / n_blocks, 1):g}%"
 
 
 def _same_file(a, b) -> bool:

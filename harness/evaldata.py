@@ -14,11 +14,10 @@ import sys
 from gpt2.data import make_blocks
 from gpt2.errors import UserError
 from gpt2.files import read_json
-from gpt2.weights import weight_files
 
 from .datasets import build_datasets, default_cache_dir, load_token_ids
 from .hub import ALIASES, is_hub_id, resolve
-from .outdir import run_status
+from .runmodel import locate
 
 
 def check_model_arg(name: str) -> None:
@@ -30,17 +29,7 @@ def check_model_arg(name: str) -> None:
             return  # a hub id: found in weights/ or downloaded when loaded
         resolve(name)  # a file, or neither a directory nor a name: raises resolve's one-line error
     else:
-        status = run_status(os.path.expanduser(name))
-        state = status.get("status")
-        reason = f": {status['reason']}" if status.get("reason") else ""
-        why = f" (status.json: {state}{reason})" if state else ""
-        directory = os.path.expanduser(name)
-        weights, _ = weight_files(directory)  # model.safetensors, or the shards of its index
-        if not os.path.isfile(weights):
-            raise UserError(f"{name}: no model.safetensors in this directory, so no model to load{why}")
-        if state in ("running", "saving", "stopped", "failed"):
-            # Its files may not belong together: new weights beside an old run's, or the reverse.
-            raise UserError(f"{name}: its run is not finished{why}; its model.safetensors may not be the run's")
+        locate(name, os.path.expanduser(name))  # a stopped run's state, or a model.safetensors (runmodel.py)
 
 
 # The values of run_args.json this command reads, and the types they must have.

@@ -45,7 +45,6 @@ class RunHooks(Hooks):
         self.show_progress = run.cfg.progress and run.dist.is_main
         self.bar = self.lines = None
         self.timing = None            # (step, time) after this session's first step, for the estimate
-        self.last_loss = None         # the last logged loss, for the progress lines
 
     def resumed(self, trainer, history):
         """A run continued from a state: log.jsonl holds exactly its history again."""
@@ -58,7 +57,6 @@ class RunHooks(Hooks):
 
     def log(self, entry):
         self.logger.write(entry)
-        self.last_loss = entry.get("loss", self.last_loss)
 
     def stop_requested(self):
         return self.interrupt.requested
@@ -104,7 +102,9 @@ class RunHooks(Hooks):
         return f"the last good checkpoint, {path}, is kept" if os.path.exists(path) else "nothing was saved"
 
     # --- the progress: a bar, or lines; the time estimate --------------------------
-    def after_step(self, trainer):
+    def after_step(self, trainer, loss=None):
+        """The progress shows this step's loss (not the last logged one, which stays put between
+        logs and makes a run look stuck); read from the device only when a line is shown."""
         if self.dist.is_main:
             self.estimate(trainer)
         if not self.show_progress:
@@ -118,12 +118,13 @@ class RunHooks(Hooks):
                 self.lines = ProgressLines(trainer.total_steps, trainer.tokens_per_step, trainer.step,
                                            print_fn=lambda line: print(line, file=sys.stderr, flush=True))
         if self.lines is not None:
-            self.lines.update(trainer.step, self.last_loss)
+            self.lines.update(trainer.step, loss)
             return
         self.bar.update(1)
         if time.time() - self._shown > 1.0:  # the bar's numbers, once a second
             tokens = (trainer.step - self._start) * trainer.tokens_per_step
-            self.bar.set_postfix_str(f"{tokens / (time.time() - self._t0):,.0f} tok/s", refresh=False)
+            step_loss = f"step loss {float(loss):.4f}, " if loss is not None else ""
+            self.bar.set_postfix_str(f"{step_loss}{tokens / (time.time() - self._t0):,.0f} tok/s", refresh=False)
             self._shown = time.time()
 
     def estimate(self, trainer):

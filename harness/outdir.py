@@ -168,11 +168,15 @@ class RunDir:
             raise
         return self
 
-    def start(self):
+    def start(self, run_args=None):
         """status "running": from here on the directory is this run's, and a failure is recorded.
-        (Until then, a command refused on its --resume state leaves status.json as it was.)"""
+        (Until then, a command refused on its --resume state leaves status.json as it was.)
+        run_args.json is written now too, not only at the end: a run stopped or still going
+        says what it is (the table of runs), and evaluate.py finds its validation text."""
         self._started = True
         self.set_status("running", pid=os.getpid(), host=socket.gethostname(), started=time.time())
+        if run_args is not None and self.is_main:
+            write_json(self.file("run_args.json"), run_args)
 
     def release(self):
         if self._lock is not None:

@@ -76,11 +76,17 @@ def format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(max(0.0, seconds))))
 
 
-def progress_line(step, total, loss, tokens_per_second, elapsed, remaining) -> str:
-    """step 40/195 (21%)  loss 3.2141  1,234 tok/s  elapsed 0:02:11  remaining 0:08:30"""
-    loss_text = f"  loss {loss:.4f}" if loss is not None else ""
+def progress_line(step, total, loss, tokens_per_second, elapsed, remaining, timed_from=None) -> str:
+    """step 40/195 (21%)  step loss 3.2141  1,234 tok/s  elapsed 0:02:11 (steps 2-40)  remaining 0:08:30
+
+    The loss is this step's own (a log line's is the mean since the last log); elapsed
+    covers the steps timed, after `timed_from` (start-up and the warm-up step are not in it).
+    """
+    loss_text = f"  step loss {float(loss):.4f}" if loss is not None else ""  # float(): a tensor is read here
+    covers = "" if timed_from is None else f" (step {step})" if step == timed_from + 1 else \
+        f" (steps {timed_from + 1}-{step})"
     return (f"step {step}/{total} ({100 * step / max(1, total):.0f}%){loss_text}  {tokens_per_second:,.0f} tok/s  "
-            f"elapsed {format_duration(elapsed)}  remaining {format_duration(remaining)}")
+            f"elapsed {format_duration(elapsed)}{covers}  remaining {format_duration(remaining)}")
 
 
 class ProgressLines:
@@ -110,7 +116,7 @@ class ProgressLines:
         elapsed, done = now - self.start, step - self.start_step
         speed = done * self.tokens_per_step / elapsed if elapsed > 0 else 0.0
         remaining = elapsed / done * (self.total - step)
-        line = progress_line(step, self.total, loss, speed, elapsed, remaining)
+        line = progress_line(step, self.total, loss, speed, elapsed, remaining, timed_from=self.start_step)
         self.print(line)
         self.last_shown = now
         return line

@@ -2,8 +2,9 @@
 
 A signal normally ends a Python program wherever it is: in the middle of an optimizer
 step, or of writing a checkpoint. `Interrupt` turns it into a flag that the loop reads
-between two steps (gpt2/trainer.py), so that the step in progress finishes and a
-resumable state is saved before the run stops.
+between two steps (gpt2/loop.py), so that the step in progress finishes (on a CPU, a
+step still in its forward pass is dropped instead) and a resumable state is saved
+before the run stops.
 
 Ctrl-C (SIGINT) is not the only way a run is told to stop. The others end a process at
 once unless it handles them, and then nothing is saved:
@@ -87,7 +88,10 @@ class Interrupt:
             raise KeyboardInterrupt(f"{self.name} twice")
         self.requested, self.signal = True, signum
         if self.announce:
-            _say(f"\n{SIGNALS[signum]}: stopping after this step and keeping what was done "
+            # On a CPU a step still in its forward pass is dropped, not finished (gpt2/loop.py):
+            # --resume redoes it. Either way nothing done before it is lost.
+            _say(f"\n{SIGNALS[signum]}: stopping at the end of the step in progress (or dropping it, if its "
+                 f"forward pass is still running: --resume redoes it) and keeping what was done "
                  f"({'press again' if signum == signal.SIGINT else 'a second signal'} stops at once)")
         if signum == signal.SIGHUP:
             _detach_terminal()

@@ -359,7 +359,7 @@ def test_ctrl_c_during_training_keeps_a_resumable_state(capsys, patched, tiny, t
     assert state_step(out / "resume.pt") == 3
     assert not (out / "model.safetensors").exists()
     assert run_status(out)["status"] == "interrupted"
-    assert comparison_rows([str(out)])[0]["status"] == "interrupted"
+    assert comparison_rows([str(out)])[0]["status"] == "interrupted at step 3 of 6"  # its state's step
     p = ok(train(capsys, *args, "--resume"))
     assert "resuming at step 3 of 6" in p.stdout
     assert_finite_model(out)
@@ -717,12 +717,14 @@ def test_overwrite_removes_the_old_results_before_the_new_run(capsys, tiny, text
         if not seen:
             seen["files"] = sorted(os.listdir(out))
             seen["status"] = json.loads((out / "status.json").read_text())["status"]
+            seen["run_args"] = json.loads((out / "run_args.json").read_text())
         return original(self, *a, **k)
 
     monkeypatch.setattr(Trainer, "optimizer_step", looking)
     ok(train(capsys, *base_args(tiny, text, cache, out, 2, "--overwrite", "--validation-split", 0)))
-    gone = (set(old) - {"status.json", "log.jsonl"}) | {"best", "runs"}
+    gone = (set(old) - {"status.json", "log.jsonl", "run_args.json"}) | {"best", "runs"}
     assert not gone & set(seen["files"]), seen["files"]
+    assert seen["run_args"] != {"lr": 1}  # run_args.json is the new run's from its start (issue 29)
     assert seen["status"] == "running"
     assert (out / "notes.txt").read_text() == "mine"
     assert not (out / "eval_results.json").exists() and not (out / "best").exists()

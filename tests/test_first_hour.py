@@ -234,14 +234,14 @@ def test_progress_lines_at_a_steady_pace():
         lines.update(step, loss=3.0 - step / 10)
     # After step 1 (alive, and how fast), then every 30 s at the earliest (steps 3, 5, 7, 9), and the last.
     assert [line.split("/")[0] for line in printed] == ["step 1", "step 3", "step 5", "step 7", "step 9", "step 10"]
-    assert printed[0] == "step 1/10 (10%)  loss 2.9000  102 tok/s  elapsed 0:00:20  remaining 0:03:00"
-    assert printed[-1].endswith("elapsed 0:03:20  remaining 0:00:00")
+    assert printed[0] == "step 1/10 (10%)  step loss 2.9000  102 tok/s  elapsed 0:00:20 (step 1)  remaining 0:03:00"
+    assert printed[-1].endswith("elapsed 0:03:20 (steps 1-10)  remaining 0:00:00")
     # A resumed run: the pace counts this session's steps only.
     now[0] = 0.0
     resumed = ProgressLines(total_steps=10, tokens_per_step=100, start_step=8, print_fn=printed.append,
                             clock=lambda: now[0])
     now[0] = 5.0
-    assert resumed.update(9, loss=None) == "step 9/10 (90%)  20 tok/s  elapsed 0:00:05  remaining 0:00:05"
+    assert resumed.update(9, loss=None) == "step 9/10 (90%)  20 tok/s  elapsed 0:00:05 (step 9)  remaining 0:00:05"
     assert time_estimate(3, 51.0, 195) == ("estimated training time: about 0:55:15 for 195 steps "
                                            "(17 s a step, measured on the first 3)")
 
@@ -425,7 +425,7 @@ def test_a_run_into_a_file_shows_progress_lines_and_an_estimate(tiny_ckpt, tmp_p
                        "--cache-dir", str(tmp_path / "cache"), "--precision", "fp32"]) == 0
     captured = capsys.readouterr()  # not a terminal: no bar, plain lines
     assert "step 1/8" not in captured.err  # the first step warms up: timed from its end
-    assert "step 2/8 (25%)" in captured.err and "step 8/8 (100%)  loss " in captured.err
+    assert "step 2/8 (25%)" in captured.err and "step 8/8 (100%)  step loss " in captured.err
     assert "remaining 0:00:00" in captured.err
     assert "estimated training time: about " in captured.out and "for 8 steps" in captured.out
     # --save-every 4: checkpoint-4/ then checkpoint-8/, the older one rotated away; the run's
