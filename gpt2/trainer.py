@@ -105,6 +105,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from . import sharding
 from .data import epoch_permutation, to_batch
 from .distributed import Dist
 from .evaluation import evaluate
@@ -139,6 +140,8 @@ class TrainConfig:
     eval_precision: str | None = None  # what evaluations use; None: as training (run.py decides)
     compile: bool = False
     progress: bool = True
+    fsdp: bool = False            # shard weights, gradients and moments over the processes (sharding.py)
+    offload: bool = False         # with fsdp: keep them in host memory (sharding.py)
 
 
 @dataclass
@@ -194,7 +197,9 @@ class Trainer:
 
         # Model as the steps see it: maybe compiled, maybe wrapped for several processes.
         self.step_model = torch.compile(model) if cfg.compile else model
-        if dist.enabled:  # distributed.py: gradients averaged over the processes in backward
+        if cfg.fsdp:  # sharding.py: each process keeps 1/N of the weights, gradients and moments
+            self.step_model = sharding.shard(model, device, cfg.precision, cfg.offload)
+        elif dist.enabled:  # distributed.py: gradients averaged over the processes in backward
             self.step_model = DDP(self.step_model, device_ids=[device] if device.type == "cuda" else None)
 
         # Micro-batches are chunks of batch_size blocks of the epoch's permutation; an
@@ -263,7 +268,7 @@ class Trainer:
             # back by world_size so that the sum over all micro-batches of all processes is
             # the mean over the step's tokens. And all-reduce once per step, at its end.)
             sync = i == len(micro_batches) - 1
-            with (model.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()):
+            with (self._accumulating(model) if not sync else contextlib.nullcontext()):
                 with autocast(self.device, cfg.precision):
                     # The mean cross-entropy of this micro-batch. (Not `_, loss = ...`: a
                     # name holding the (b, T, vocab) logits would keep them alive through
@@ -277,7 +282,8 @@ class Trainer:
 
         self.scaler.unscale_(self.optimizer)  # grads / scale: now the true gradients
         # The L2 norm of all gradients as one vector, before clipping (logged as grad_norm).
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        # (Under --fsdp a norm across the shards: sharding.py.)
+        grad_norm = sharding.global_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
         self.lr_used = self.scheduler.get_last_lr()[0]  # logged: the rate this step used
         if scaler_step(self.scaler, self.optimizer):  # AdamW, unless fp16's gradients overflowed
             self.scheduler.step()
@@ -287,6 +293,12 @@ class Trainer:
             self.skipped_in_a_row += 1
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, grad_norm.detach()
+
+    def _accumulating(self, model):
+        """Around the backward of a micro-step before the last: gradients add up, nothing is sent."""
+        if sharding.is_sharded(model):
+            return sharding.gradient_sync_off(model)
+        return model.no_sync() if self.dist.enabled else contextlib.nullcontext()
 
     # --- what the loop reports -------------------------------------------------------
     def describe(self) -> str:
@@ -316,6 +328,7 @@ class Trainer:
     def evaluate(self, val_blocks, stop=None):
         # Each process evaluates its own share of the blocks; the sums are added up.
         shard = val_blocks[self.dist.rank::self.dist.world_size]
-        return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device,
-                        self.cfg.eval_precision or self.cfg.precision,
-                        reduce=self.dist.all_reduce_sum, stop=stop)
+        with sharding.gathered_root(self.model):  # --fsdp: evaluation.py calls hidden_states, lm_head
+            return evaluate(self.model, shard, self.cfg.eval_batch_size, self.device,
+                            self.cfg.eval_precision or self.cfg.precision,
+                            reduce=self.dist.all_reduce_sum, stop=stop)
