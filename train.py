@@ -24,7 +24,7 @@ from gpt2.lora import adapter_dir, merged_model, save_adapter
 from gpt2.loop import History
 from gpt2.trainer import Trainer
 from gpt2.weights import save_checkpoint
-from harness import hub, lr_finder, outdir, plan, sweep
+from harness import hub, lr_finder, outdir, plan, sharded, sweep
 from harness.cli import train_parser
 from harness.hooks import RunHooks, bytes_needed
 from harness.report import Logger, metrics_block, summary_writer_class
@@ -61,8 +61,12 @@ def train(args, lr):
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks: each process its own
     out = outdir.RunDir(args.out, run.dist.is_main)
 
-    def save_model(directory):  # a complete model directory: weights, config, tokenizer (and adapter/)
-        save_checkpoint(merged_model(run.model) if args.lora else run.model, directory)
+    def save_model(directory, weights=None):  # a complete model directory: weights, config, tokenizer (and adapter/)
+        # Every process calls it: --fsdp gathers the weights first (a collective), unless given; rank 0 writes.
+        weights = sharded.gather_weights(run.model) if weights is None else weights
+        if not run.dist.is_main:
+            return
+        save_checkpoint(merged_model(run.model) if args.lora else run.model, directory, weights)
         out.copy_tokenizer(run.tokenizer.files, directory)  # the model's own tokenizer, carried on
         if args.lora:
             save_adapter(run.model, adapter_dir(directory), base_model=args.model)
@@ -71,8 +75,9 @@ def train(args, lr):
     logger = Logger(out_dir=args.out, tensorboard=wants_tensorboard(args)) if run.dist.is_main else \
         Logger(print_fn=lambda *a, **k: None)
     trainer = Trainer(run.model, run.train_blocks, run.cfg, run.device, run.dist)
-    hooks = RunHooks(args.out, run.dist, logger, interrupt, save_model, run.data_info, run.cfg.progress,
-                     run_args=describe(args, run, trainer.total_steps))
+    hooks = (sharded.ShardedRunHooks if run.cfg.fsdp else RunHooks)(
+        args.out, run.dist, logger, interrupt, save_model, run.data_info, run.cfg.progress,
+        run_args=describe(args, run, trainer.total_steps))
     history = History(run.device)
     out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer))
     try:
@@ -107,7 +112,7 @@ def train(args, lr):
 
 def resume(trainer, history, state, data_info, hooks):
     """Continue from a resumable state: the trainer, the history, and log.jsonl cut back to it."""
-    checkpoint.load(trainer, history, state, data_info)
+    (sharded.load if trainer.cfg.fsdp else checkpoint.load)(trainer, history, state, data_info)
     hooks.resumed(trainer, history)
 
 
@@ -138,7 +143,7 @@ def save_run(out, save_model, run_args, train_metrics, log_history):
     out.set_status("saving")
     if out.is_main:
         print(metrics_block("train", train_metrics))
-        save_model(out.path)
+    save_model(out.path)  # every process (--fsdp gathers the weights); rank 0 writes
     out.write_json("run_args.json", run_args)
     out.write_json("train_results.json", train_metrics)
     out.write_json("log_history.json", log_history)
@@ -200,6 +205,7 @@ def check_flags(args):
     """Combinations that cannot work, refused before anything is loaded; the learning rates."""
     hub.check_endpoint()
     lrs = parse_lrs(args.lr)
+    sharded.check_flags(args, len(lrs))
     for lr in lrs:
         if lr * args.weight_decay >= 1:
             raise UserError(f"--weight-decay {args.weight_decay:g} with --lr {lr:g}: each step would multiply the "

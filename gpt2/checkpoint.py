@@ -201,6 +201,12 @@ def load(t, history, path, data: dict | None = None):
 def _apply(t, history, s):
     t.model.load_state_dict(s["model"])
     t.optimizer.load_state_dict(s["optimizer"])
+    apply_progress(t, history, s)
+
+
+def apply_progress(t, history, s):
+    """Everything of a checked state but the weights and AdamW's moments (a sharded run loads
+    those from its shards: harness/sharded.py)."""
     t.scheduler.load_state_dict(s["scheduler"])
     t.scaler.load_state_dict(s["scaler"])
     rngs = s["rng"] if isinstance(s["rng"], list) else [s["rng"]]

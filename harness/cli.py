@@ -281,6 +281,7 @@ def train_parser():
     _add_evaluation_args(p.add_argument_group("evaluation during training"))
     _add_lr_finder_args(p.add_argument_group("finding the learning rate (the range test, see harness/lr_finder.py)"))
     _add_memory_args(p.add_argument_group("memory and speed"))
+    add_sharding_args(p)
     for options, hint in REFUSED.items():
         p.add_argument(*options, action=Refuse, hint=hint)
     return p
@@ -420,6 +421,45 @@ def _add_memory_args(g):
                         "micro-batch that fits, from config.json alone (see harness/plan.py)")
     g.add_argument("--memory", type=memory_size, help="with --plan: the memory to fit, e.g. 8GB (default: the device's)")
     g.add_argument("--json", metavar="PATH", help="with --plan: also write the numbers to this JSON file")
+
+
+FSDP_WORDS = {"full_shard": "", "auto_wrap": "", "offload": "offload"}  # TrainingArguments' --fsdp words taken
+
+
+class Sharding(argparse.Action):
+    """--fsdp, or TrainingArguments' spelling: --fsdp "full_shard [auto_wrap] [offload]".
+
+    Every block is its own unit here (auto_wrap changes nothing); "offload" = --offload.
+    The other strategies (shard_grad_op, hybrid_shard, no_shard) are not built: one line.
+    """
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs="?", const="full_shard", default=False, **kw)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        words = str(value).replace(",", " ").split()
+        if words and words[0].lower() in ("false", "no", "0"):
+            setattr(namespace, self.dest, False)
+            return
+        unknown = [w for w in words if w not in FSDP_WORDS and w.lower() not in ("true", "yes", "1")]
+        if unknown:
+            parser.error(f"argument {option_string}: {' '.join(unknown)} is not built here; --fsdp shards "
+                         f"fully (full_shard, each block a unit), with 'offload' for --offload")
+        setattr(namespace, self.dest, True)
+        if "offload" in words:
+            namespace.offload = True
+
+
+def add_sharding_args(p):
+    """--fsdp and --offload: sharded training (gpt2/sharding.py, docs/distributed.md)."""
+    g = p.add_argument_group("sharded training (FSDP, see gpt2/sharding.py)")
+    g.add_argument("--fsdp", dest="fsdp", action=Sharding, metavar="full_shard",
+                   help="under torchrun: each process keeps 1/N of the weights, gradients and AdamW's moments "
+                        "instead of a whole copy (PyTorch's FSDP2); TrainingArguments' --fsdp full_shard too")
+    g.add_argument("--offload", dest="offload", action=Switch, default=False,
+                   help="with or without --fsdp, one process too: the weights, gradients and AdamW's moments "
+                        "in host memory, each block's weights on the GPU only while it computes (slower)")
+    return g
 
 
 # --- evaluate.py ----------------------------------------------------------------------

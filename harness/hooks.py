@@ -83,7 +83,7 @@ class RunHooks(Hooks):
         checkpoints.rotate(self.out, trainer.cfg.save_total_limit)
 
     def save_best(self, trainer):
-        self.save_model(os.path.join(self.out, "best"))
+        self.save_model(os.path.join(self.out, "best"))  # every process calls it; rank 0 writes
 
     def load_best(self, trainer):
         """The weights save_best wrote: under LoRA, the adapter alone (best/adapter/)."""

@@ -239,6 +239,7 @@ def train_config(args, lr, precision, batch_size, grad_accum, total_steps, eval_
         save_every=args.save_every if args.save_every > 0 else 500, save_total_limit=args.save_total_limit,
         save_best=args.save_best, best_metric=args.best_metric, patience=args.patience,
         precision=precision, eval_precision=eval_precision, compile=args.compile, progress=args.progress,
+        fsdp=args.fsdp or args.offload, offload=args.offload,
     )
 
 

@@ -22,6 +22,7 @@ moment of a run (torchrun passes the environment on to its workers):
     SIGNAL_AT_EVAL=n    send this process signal SIG (a number) as the n-th evaluation starts
     EVAL_FAILS=1        every evaluation runs out of memory (as at --eval-batch-size 8 after 2)
     SIGNAL_IN_FORWARD=s send this process signal SIG during the forward pass of step s
+    PROBE_SHARDS=dir    (torchrun --fsdp) each rank writes shardsN.json: the weight and moment bytes it holds
     PROBE_OUT=dir       (torchrun) each rank writes rankN.json: its all-reduces and random seed
     RANK1_FAIL_AT=s     (torchrun) rank 1 raises a UserError at step s
     RANK1_CTRL_C_AT=s   (torchrun) Ctrl-C to rank 1 alone at step s
@@ -198,6 +199,30 @@ def install_torchrun_probes():
     after_function(loop, "train", lambda t, *a: report(t))
 
 
+def install_shard_probe():
+    """PROBE_SHARDS=dir: each rank writes shardsN.json, the bytes of weights and moments it holds (--fsdp)."""
+    if not os.environ.get("PROBE_SHARDS"):
+        return
+    from torch.distributed.tensor import DTensor
+
+    def local(t):
+        t = t.to_local() if isinstance(t, DTensor) else t
+        return t.numel() * t.element_size()
+
+    def whole(t):
+        return t.numel() * t.element_size()
+
+    def report(t, *a):
+        moments = [m for s in t.optimizer.state.values() for k, m in s.items() if k in ("exp_avg", "exp_avg_sq")]
+        rank = int(os.environ.get("RANK", 0))
+        with open(os.path.join(os.environ["PROBE_SHARDS"], f"shards{rank}.json"), "w") as f:
+            json.dump({"weights": sum(local(p) for p in t.model.parameters()),
+                       "weights_whole": sum(whole(p) for p in t.model.parameters()),
+                       "moments": sum(local(m) for m in moments), "moments_whole": sum(whole(m) for m in moments)}, f)
+    after_function(loop, "train", lambda t, *a: report(t))
+
+
 def install():
+    install_shard_probe()
     install_run_faults()
     install_torchrun_probes()
