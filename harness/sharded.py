@@ -94,10 +94,15 @@ def write_shards(trainer, out) -> str:
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)  # every process its shards
     trainer.dist.barrier()
     if trainer.dist.is_main:
-        if os.path.isdir(final):  # the same step saved before (a run resumed from an older state)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _commit(tmp, final)
     return name
+
+
+def _commit(tmp, final):
+    """Every process has written its shards into tmp: now under its final name."""
+    if os.path.isdir(final):  # the same step saved before (a run resumed from an older state)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
 class ShardedRunHooks(RunHooks):
@@ -107,8 +112,10 @@ class ShardedRunHooks(RunHooks):
         state = checkpoint.state_dict(trainer, history, self.data)  # every process: random states gathered
         state["model"], state["optimizer"] = {}, {}  # the tensors are in the shards folder
         state["shards"] = write_shards(trainer, self.out)
-        state["torch"] = torch.__version__
-        periodic = not self.interrupt.requested
+        state["torch"] = str(torch.__version__)  # DCP files are read by the torch that wrote them
+        # A periodic save, not the one a signal asked for. Voted: a signal may have reached one
+        # process only, and the gathering below is a collective all must join, or none.
+        periodic = not self.dist.any(self.interrupt.requested)
         weights = gather_weights(trainer.model) if periodic else None  # for checkpoint-<step>/: every process
         if self.dist.is_main:
             path = os.path.join(self.out, RESUME)
@@ -168,7 +175,7 @@ def load(t, history, path, data: dict | None = None):
         raise UserError(f"--resume: this command differs from the interrupted run: {', '.join(diff)}")
     if s["step"] > t.total_steps:
         raise UserError(f"{path}: not a usable training state (step {s['step']} of a run of {t.total_steps} steps)")
-    if s.get("torch") != torch.__version__:
+    if s.get("torch") != str(torch.__version__):
         raise UserError(f"{path}: its shards were written by torch {s.get('torch')}, this is torch "
                         f"{torch.__version__}; resume with the torch that wrote them")
     shards = os.path.join(os.path.dirname(path), str(s["shards"]))

@@ -14,6 +14,7 @@ moment of a run (torchrun passes the environment on to its workers):
     FULL_WEIGHTS=1      the disk fills while model.safetensors is written (safetensors' own error)
     CTRL_C_STATE_AT=s   Ctrl-C twice while the state of step s is written (not yet renamed)
     KILL_STATE_AT=s     SIGKILL at that moment
+    KILL_IN_SHARDS=s    (--fsdp) SIGKILL when the shards of step s are written, not yet renamed
     FULL_STATE_AT=s     the disk fills while that state is written (torch's own error)
     CTRL_C_SETUP=1      Ctrl-C while the data is loaded, before the run has begun
     KILL_AT_JSON=name   SIGKILL when the final save is about to write that JSON file
@@ -38,7 +39,7 @@ import torch
 from gpt2 import evaluation, loop, weights
 from gpt2.errors import UserError
 from gpt2.trainer import Trainer
-from harness import run
+from harness import run, sharded
 from harness.hooks import RunHooks
 from harness.outdir import RunDir
 
@@ -84,6 +85,9 @@ def before(owner, name, action):
 def install_run_faults():
     """The single-process faults: signals and kills at exact moments of a run."""
     after(RunHooks, "save_state", lambda hooks, t, history: env("KILL_AT") == t.step and kill())
+    after(sharded.ShardedRunHooks, "save_state", lambda hooks, t, history: env("KILL_AT") == t.step and kill())
+    # --fsdp: SIGKILL when every process has written its shards of step s, before they are renamed
+    before(sharded, "_commit", lambda tmp, final: final.endswith(f"-{env('KILL_IN_SHARDS')}") and kill())
     after(Trainer, "optimizer_step", lambda t, *a: t.step == env("CTRL_C_AT") - 1 and ctrl_c())
 
     def die_before_the_update(t, *a):

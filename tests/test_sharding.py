@@ -86,3 +86,31 @@ def test_offload_on_one_process_trains_as_without(tiny_ckpt, data, tmp_path):
     run([sys.executable, "train.py", "--no-progress", *args, "--offload", "--out", tmp_path / "offload"])
     assert same_weights(tmp_path / "plain", tmp_path / "offload", tol=0.0)
     assert_same_history(tmp_path / "plain", tmp_path / "offload", tol=0.0)
+
+
+def test_sharded_resume_is_bit_exact_with_dropout(tiny_ckpt, data, tmp_path):
+    args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 6, "--grad-accum", 2, "--dropout", 0.1,
+            "--save-every", 2, "--log-every", 1, "--fsdp"]
+    torchrun(INJECTED_TRAIN, *args, "--out", tmp_path / "straight")
+    straight = json.load(open(tmp_path / "straight" / "log_history.json"))
+
+    # Killed right after the state of step 4; or Ctrl-C reaching rank 1 alone during step 3.
+    for stop, stop_env, at in (("killed", {"KILL_AT": "4"}, 4), ("ctrl-c", {"RANK1_CTRL_C_AT": "2"}, 3)):
+        out = tmp_path / stop
+        p = torchrun(INJECTED_TRAIN, *args, "--out", out, env=stop_env, check=False)
+        assert p.returncode != 0 and not (out / "model.safetensors").exists()
+        state = torch.load(out / "resume.pt", weights_only=True)
+        assert state["step"] == at and state["model"] == {} and len(state["rng"]) == 2
+        assert sorted(n for n in os.listdir(out) if n.startswith("shards-")) == [f"shards-{at}"]
+        p = torchrun(INJECTED_TRAIN, *args, "--out", out, "--resume")
+        assert p.stdout.count(f"resuming at step {at} of 6") == 1
+        assert same_weights(tmp_path / "straight", out), stop
+        assert json.load(open(out / "log_history.json")) == straight, stop
+        assert not [n for n in os.listdir(out) if n.startswith("shards-")]  # the run is complete
+
+    # checkpoint-<step>/ is a model of its own: evaluate.py opens it without torchrun
+    folder = tmp_path / "straight" / "checkpoint-6"
+    assert (folder / "shards-6" / ".metadata").exists()
+    p = run([sys.executable, "evaluate.py", folder, "--validation-file", data["val"], "--block-size", 32,
+             "--json", tmp_path / "e.json"])
+    assert "eval_loss" in p.stdout
