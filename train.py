@@ -206,6 +206,7 @@ def check_flags(args):
     hub.check_endpoint()
     lrs = parse_lrs(args.lr)
     sharded.check_flags(args, len(lrs))
+    sharded.check_state_kind(args)
     for lr in lrs:
         if lr * args.weight_decay >= 1:
             raise UserError(f"--weight-decay {args.weight_decay:g} with --lr {lr:g}: each step would multiply the "

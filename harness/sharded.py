@@ -69,6 +69,23 @@ def check_flags(args, n_lrs: int = 1) -> None:
             raise UserError(f"{flag} does not work with {what}")
 
 
+def check_state_kind(args) -> None:
+    """--resume of a state written with --fsdp (or --offload) needs it again, and one written without, not."""
+    path = (os.path.join(args.resume_from, RESUME) if os.path.isdir(args.resume_from) else args.resume_from) \
+        if args.resume_from else os.path.join(args.out, RESUME) if args.resume else None
+    try:  # mmap: the small part only
+        s = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path else None
+    except Exception:
+        return  # unreadable: the loading says why
+    if not isinstance(s, dict):
+        return
+    if "shards" in s and not (args.fsdp or args.offload):
+        raise UserError(f"--resume: {path} was written by a sharded run (--fsdp or --offload): resume it with "
+                        f"--fsdp (or --offload), as it was trained")
+    if "shards" not in s and (args.fsdp or args.offload):
+        raise UserError(f"--resume: {path} was written by a run without --fsdp or --offload: resume it without them")
+
+
 def gather_weights(model):
     """The whole weights on rank 0 if `model` is sharded (a collective: every process calls it), else None."""
     return sharding.full_state_dict(model) if sharding.is_sharded(model) else None
@@ -161,14 +178,15 @@ def _link_tree(source, target):
 def load(t, history, path, data: dict | None = None):
     """checkpoint.load for a sharded run: the small state checked as there, then the shards (DCP)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     try:
         s = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{path}: not a readable training state ({type(e).__name__})") from None
-    if isinstance(s, dict) and "shards" not in s and isinstance(s.get("model"), dict) and s["model"]:
-        raise UserError(f"{path}: written by a run without --fsdp; resume it without --fsdp (and --offload)")
+    if isinstance(s, dict) and "shards" not in s:
+        raise UserError(f"--resume: {path} was written by a run without --fsdp or --offload: resume it without them")
     checkpoint._check_parts(s, path, t)
     diff = checkpoint._differences(t, s, data or {})
     if diff:
@@ -186,8 +204,11 @@ def load(t, history, path, data: dict | None = None):
     try:
         dcp.load(state, checkpoint_id=shards)
         failed = None
-    except Exception as e:  # a missing or truncated shard file: DCP's own error, on some process
-        failed = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+    except CheckpointException as e:  # a missing or truncated shard file, on some process (not an Exception)
+        first = next(iter(e.failures.values()), e)
+        failed = (str(first).strip().splitlines() or [type(first).__name__])[0][:200]
+    except Exception as e:
+        failed = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     # Every process must agree: one that failed alone would leave the others waiting.
     if t.dist.any(failed is not None):
         reason = [f for f in t.dist.all_gather_object(failed) if f][0]

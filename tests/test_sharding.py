@@ -114,3 +114,49 @@ def test_sharded_resume_is_bit_exact_with_dropout(tiny_ckpt, data, tmp_path):
     p = run([sys.executable, "evaluate.py", folder, "--validation-file", data["val"], "--block-size", 32,
              "--json", tmp_path / "e.json"])
     assert "eval_loss" in p.stdout
+
+
+def test_sharded_flags_refused_in_one_line(tmp_path):
+    for flags, says in ((["--fsdp"], "start it with torchrun --nproc_per_node=N"),
+                        (["--fsdp", "hybrid_shard"], "hybrid_shard is not built here"),
+                        (["--offload", "--lora", "8"], "--offload does not work with --lora"),
+                        (["--offload", "--fp16"], "--offload does not work with --fp16"),
+                        (["--offload", "--lr", "1e-3,1e-4"], "a sweep of learning rates")):
+        p = run([sys.executable, "train.py", *flags, "--out", tmp_path / "o"], check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_bad_sharded_states_are_refused_in_one_line(tiny_ckpt, data, tmp_path):
+    """A sharded state (--offload: FSDP on one process, the same DCP files) killed after its step-2 save."""
+    args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 4, "--grad-accum", 2, "--dropout", 0,
+            "--save-every", 2, "--log-every", 1, "--precision", "fp32"]
+    run([sys.executable, "train.py", "--no-progress", *args, "--offload", "--out", tmp_path / "straight"])
+    out = tmp_path / "o"
+    p = run([sys.executable, INJECTED_TRAIN, "--no-progress", *args, "--offload", "--out", out],
+            env={"KILL_AT": "2"}, check=False)
+    assert p.returncode != 0 and (out / "shards-2" / ".metadata").exists()
+    state = torch.load(out / "resume.pt", weights_only=True)
+
+    def refused(*flags, says, resume=("--resume",)):
+        p = run([sys.executable, "train.py", "--no-progress", *args, *flags, "--out", out, *resume], check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert torch.load(out / "resume.pt", weights_only=True)["step"] == 2  # nothing overwritten
+
+    refused(says="written by a sharded run")  # without --offload
+    refused("--offload", "--grad-accum", 3, says="grad_accum 3 x 1 process(es) (saved: 2 x 1)")
+    torch.save({**state, "torch": "2.0.0"}, out / "resume.pt")
+    refused("--offload", says="written by torch 2.0.0")
+    torch.save(state, out / "resume.pt")
+    shard = next(f for f in (out / "shards-2").iterdir() if f.suffix == ".distcp")
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[:len(whole) // 2])  # truncated
+    refused("--offload", says="a shard is missing or damaged")
+    shard.unlink()
+    refused("--offload", says="a shard is missing or damaged")
+    shard.write_bytes(whole)
+
+    # The same state resumed on 2 sharded processes x accumulation 1: DCP re-cuts the shards
+    torchrun("train.py", *args[:args.index("--grad-accum")], *args[args.index("--grad-accum") + 2:],
+             "--grad-accum", 1, "--fsdp", "--out", out, "--resume")
+    assert same_weights(tmp_path / "straight", out, tol=1e-5)
