@@ -51,7 +51,9 @@ Three things of a training step, as on one process:
 * Gradient accumulation: the micro-steps before the last of an optimizer step run
   with `set_requires_gradient_sync(False)` (DDP's `no_sync`): the gradient stays whole
   (unsharded) on each process and adds up; the last micro-step reduce-scatters the sum
-  once. (It costs memory: a whole gradient per process during accumulation.)
+  once. (It costs memory: a whole gradient per process during accumulation, 4 bytes a
+  parameter. So not with --offload, whose point is a small GPU: there every micro-step
+  reduce-scatters, and the gradient shards add up in host memory.)
 * Clipping: `clip_grad_norm_` sees DTensor gradients; the norm of each shard is
   squared, summed ACROSS the processes, then rooted: the global norm of the whole
   gradient, the same number one process would compute (`global_norm` below turns it

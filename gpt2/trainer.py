@@ -296,8 +296,8 @@ class Trainer:
 
     def _accumulating(self, model):
         """Around the backward of a micro-step before the last: gradients add up, nothing is sent."""
-        if sharding.is_sharded(model):
-            return sharding.gradient_sync_off(model)
+        if sharding.is_sharded(model):  # (with offload the shards' gradients add up in host memory instead)
+            return contextlib.nullcontext() if self.cfg.offload else sharding.gradient_sync_off(model)
         return model.no_sync() if self.dist.enabled else contextlib.nullcontext()
 
     # --- what the loop reports -------------------------------------------------------
