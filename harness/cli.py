@@ -459,6 +459,9 @@ def add_sharding_args(p):
     g.add_argument("--offload", dest="offload", action=Switch, default=False,
                    help="with or without --fsdp, one process too: the weights, gradients and AdamW's moments "
                         "in host memory, each block's weights on the GPU only while it computes (slower)")
+    g.add_argument("--processes", type=positive_int,
+                   help="with --plan: per-GPU memory under DDP, FSDP and offload for N processes "
+                        "(default: torchrun's, else 1; see harness/shardplan.py)")
     return g
 
 
