@@ -88,7 +88,8 @@ the schedule k steps short of its end, the last rate slightly above 0.
 
 Several processes (torchrun): `world_size`, `no_sync` and the `rank::world` slices
 below split each step's micro-batches between the processes; skip them on a first
-reading, distributed.py explains them. With one process they change nothing.
+reading, distributed.py explains them. With one process they change nothing. `--fsdp`
+(and `--offload`) shard the model instead of copying it: sharding.py.
 
 What happens between two steps (logging, the NaN check, evaluation, checkpoints,
 signals) is the loop, in loop.py; the resumable state is checkpoint.py.
@@ -189,7 +190,8 @@ class Trainer:
 
     def __init__(self, model, train_blocks, cfg: TrainConfig, device, dist: Dist | None = None):
         dist = dist or Dist()
-        self.model = model.to(device)
+        # (--offload: the weights stay in host memory; sharding moves each unit through the GPU.)
+        self.model = model if cfg.offload else model.to(device)
         # (N, T), kept in the ids' small dtype (uint16 for GPT-2: a quarter of int64);
         # each micro-batch is converted on its own by to_batch.
         self.train_blocks = np.asarray(train_blocks)
