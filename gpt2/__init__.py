@@ -5,7 +5,7 @@ each opens with the idea it implements:
 
     the model        config -> model -> sampling -> loss -> weights -> tokenizer -> data
     the training     precision -> trainer (one step) -> loop (the run) -> evaluation -> checkpoint
-    going further    lora -> attention -> distributed
+    going further    lora -> attention -> distributed -> sharding
     underneath       files -> errors
 
 The machinery that runs all this from the command line (flags, run directories,

@@ -42,3 +42,11 @@ def test_plan_prints_the_strategies():
                         "--processes", "4"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "per GPU with 4 process(es)" in p.stdout
     assert "cheapest that fits in 12,288 MB per GPU: FSDP (torchrun --nproc_per_node=4 train.py --fsdp ...)" in p.stdout
+
+
+def test_the_docs_hold_the_planned_tables():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plan_tables import sharding_tables
+
+    doc = (ROOT / "docs" / "distributed.md").read_text()
+    assert all(table in doc for table in sharding_tables().split("\n\n"))
