@@ -9,6 +9,8 @@ What is checked:
 * A sharded run killed after a save, or stopped by a Ctrl-C on one rank, resumes
   through its DCP shards bit-exact (dropout on); its checkpoint-<step>/ folder is a
   model that evaluate.py opens without torchrun.
+* 4 sharded processes (marked many_processes) and two "nodes" of one process each
+  (torchrun's c10d rendezvous on localhost) train as one process does.
 * Bad input, one line each: --fsdp on one process, impossible combinations, a
   missing or truncated shard, a state from another torch version, a batch that does
   not divide.
@@ -160,3 +162,44 @@ def test_bad_sharded_states_are_refused_in_one_line(tiny_ckpt, data, tmp_path):
     torchrun("train.py", *args[:args.index("--grad-accum")], *args[args.index("--grad-accum") + 2:],
              "--grad-accum", 1, "--fsdp", "--out", out, "--resume")
     assert same_weights(tmp_path / "straight", out, tol=1e-5)
+
+
+@pytest.mark.many_processes
+def test_four_sharded_processes_train_like_one(tiny_ckpt, data, tmp_path):
+    args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 20, "--dropout", 0, "--log-every", 1,
+            "--max-grad-norm", 0.5, "--precision", "fp32"]
+    run([sys.executable, "train.py", "--no-progress", *args, "--grad-accum", 4, "--out", tmp_path / "one"])
+    torchrun("train.py", *args, "--fsdp", "--grad-accum", 1, "--out", tmp_path / "four", nproc=4, timeout=300)
+    assert same_weights(tmp_path / "one", tmp_path / "four", tol=1e-5)
+    assert_same_history(tmp_path / "one", tmp_path / "four")
+
+
+def test_two_nodes_on_one_machine(tiny_ckpt, data, tmp_path):
+    """torchrun's rendezvous across machines, as two "nodes" of one process each on localhost."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 6, "--dropout", 0, "--log-every", 1,
+            "--precision", "fp32", "--no-progress"]
+    run([sys.executable, "train.py", *args, "--grad-accum", 2, "--out", tmp_path / "one"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
+                               "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"localhost:{port}", "train.py", *map(str, args), "--fsdp", "--out",
+                               str(tmp_path / "nodes")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+             for r in (0, 1)]
+    try:
+        outs = [n.communicate(timeout=300)[0] for n in nodes]
+    finally:
+        for n in nodes:  # a hang: SIGTERM, which torchrun passes on to its worker
+            if n.poll() is None:
+                n.terminate()
+                n.communicate(timeout=60)
+    assert all(n.returncode == 0 for n in nodes), outs
+    assert "1 accumulation x 2 process(es)" in outs[0]
+    assert same_weights(tmp_path / "one", tmp_path / "nodes", tol=1e-5)
+    assert_same_history(tmp_path / "one", tmp_path / "nodes")
