@@ -83,6 +83,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from .errors import UserError
+
 # The dtype the weights are gathered in (and blocks compute in) for each training precision.
 GATHER_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -104,6 +106,9 @@ def shard(model, device, precision: str, offload: bool = False):
     Returns the same object, now an FSDPModule: its parameters are DTensors holding this
     process's shard. Build the optimizer after this.
     """
+    if precision == "fp16":  # (--precision auto picks fp16 on a GPU without bf16: known only now)
+        raise UserError("--fsdp / --offload train in bf16 or fp32: fp16's loss scaler across shards is not "
+                        "built here; pass --bf16 on a GPU that has it, or --precision fp32")
     join_alone(device)
     # An explicit mesh of the processes on this device type: the default one guesses the
     # device (and crashes on a machine that has CUDA while training on the CPU).
@@ -177,11 +182,3 @@ def load_full_state_dict(model, state: dict) -> None:
     state = {**state, "lm_head.weight": state["transformer.wte.weight"]}
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
-
-def shard_bytes(model) -> dict:
-    """Bytes this process holds of the weights and of AdamW's moments: the test of "1/N each"."""
-    def local(t):
-        t = t.to_local() if isinstance(t, DTensor) else t
-        return t.numel() * t.element_size()
-
-    return {"weights": sum(local(p) for p in model.parameters())}

@@ -52,13 +52,14 @@ def assert_same_history(a, b, tol=1e-5):
 def test_two_sharded_processes_train_like_one_with_accumulation(tiny_ckpt, data, tmp_path):
     # 20 steps; clipping (--max-grad-norm 0.5) and weight decay act on the whole, unsharded gradient
     args = [*common(tiny_ckpt, data, tmp_path), "--max-steps", 20, "--dropout", 0, "--log-every", 1,
-            "--eval-every", 10, "--max-grad-norm", 0.5, "--weight-decay", 0.1, "--loss-chunk", 16,
+            "--eval-every", 10, "--save-best", "--max-grad-norm", 0.5, "--weight-decay", 0.1, "--loss-chunk", 16,
             "--precision", "fp32"]  # bf16: FSDP gathers the weights in bf16, autocast does not (sharding.py)
     one = run([sys.executable, "train.py", "--no-progress", *args, "--grad-accum", 4, "--out", tmp_path / "one"])
     two = torchrun(INJECTED_TRAIN, *args, "--fsdp", "full_shard", "--grad-accum", 2, "--out", tmp_path / "two",
                    env={"PROBE_SHARDS": str(tmp_path)})
     assert "effective batch 8 = 2 micro-batch x 2 accumulation x 2 process(es)" in two.stdout
     assert two.stdout.count("***** eval metrics *****") == 1
+    assert two.stdout.count("restored the best checkpoint") == 1  # best/ gathered, then loaded into the shards
     assert same_weights(tmp_path / "one", tmp_path / "two", tol=1e-5)
     assert_same_history(tmp_path / "one", tmp_path / "two")
     e1, e2 = (json.load(open(tmp_path / d / "eval_results.json")) for d in ("one", "two"))
