@@ -89,6 +89,14 @@ from .errors import UserError
 GATHER_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def describe(cfg, world_size: int) -> str:
+    """The run header's words on sharding: where the state is, what the computation reads."""
+    where = "in host memory (offload)" if cfg.offload else "on the device"
+    gathered = f"gathered in {cfg.precision} (evaluations read them too)" if cfg.precision != "fp32" else "gathered"
+    return (f"sharded (FSDP): each process keeps 1/{world_size} of the weights, gradients and AdamW's moments "
+            f"{where}, each block's weights {gathered} while it computes")
+
+
 def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 

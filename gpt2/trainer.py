@@ -308,7 +308,7 @@ class Trainer:
         return (f"training {self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.2f} epochs of "
                 f"{self.steps_per_epoch} steps), effective batch {self.micro_per_step * cfg.batch_size} = "
                 f"{cfg.batch_size} micro-batch x {cfg.grad_accum} accumulation x {world} process(es), "
-                f"{cfg.precision}, on {self.device}")
+                f"{cfg.precision}, on {self.device}" + (f"; {sharding.describe(cfg, world)}" if cfg.fsdp else ""))
 
     def metrics(self, loss_sum, steps_run, runtime) -> dict:
         """The Trainer's train metrics block: train_loss over all steps, speeds of this session."""
