@@ -159,6 +159,17 @@ def test_bad_sharded_states_are_refused_in_one_line(tiny_ckpt, data, tmp_path):
     refused("--offload", says="a shard is missing or damaged")
     shard.write_bytes(whole)
 
+    # Killed while the shards of step 4 are written (every process done, not yet renamed): the state of
+    # step 2 is whole, and the resumed run ends bit for bit as the uninterrupted one.
+    killed = tmp_path / "k"
+    p = run([sys.executable, INJECTED_TRAIN, "--no-progress", *args, "--offload", "--out", killed],
+            env={"KILL_IN_SHARDS": "4"}, check=False)
+    assert p.returncode != 0 and (killed / "shards-4.tmp").is_dir()
+    assert torch.load(killed / "resume.pt", weights_only=True)["step"] == 2
+    run([sys.executable, "train.py", "--no-progress", *args, "--offload", "--out", killed, "--resume"])
+    assert same_weights(tmp_path / "straight", killed)
+    assert not [n for n in os.listdir(killed) if n.startswith("shards-")]
+
     # The same state resumed on 2 sharded processes x accumulation 1: DCP re-cuts the shards
     torchrun("train.py", *args[:args.index("--grad-accum")], *args[args.index("--grad-accum") + 2:],
              "--grad-accum", 1, "--fsdp", "--out", out, "--resume")
