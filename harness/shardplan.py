@@ -87,6 +87,12 @@ HOW = {"DDP": "torchrun --nproc_per_node={n} train.py ...", "FSDP": "torchrun --
        "LoRA r=8": "--lora 8"}
 
 
+def _how(strategy: str, n: int) -> str:
+    if strategy == "DDP" and n == 1:
+        return "plain (python train.py ..., one process)"
+    return f"{strategy} ({HOW[strategy].format(n=n)})"
+
+
 def format_sharded(cfg: GPT2Config, s: Settings, n: int, memory: int | None) -> str:
     """The printed table: per-GPU memory of each strategy for n processes, and the cheapest that fits."""
     rows = per_gpu(cfg, s, n)
@@ -94,7 +100,8 @@ def format_sharded(cfg: GPT2Config, s: Settings, n: int, memory: int | None) -> 
              f"  {'strategy':14} {'state':>9} {'gathered':>9} {'the rest':>9} {'per GPU':>9} {'host':>9}"]
     for name, r in rows.items():
         note = "  (needs 2 or more processes)" if name == "FSDP" and n < 2 else ""
-        lines.append(f"  {name:14} {r['state'] / MB:9,.0f} {r['gathered'] / MB:9,.0f} {r['rest'] / MB:9,.0f} "
+        label = "plain" if name == "DDP" and n == 1 else name  # one process: nothing to wrap
+        lines.append(f"  {label:14} {r['state'] / MB:9,.0f} {r['gathered'] / MB:9,.0f} {r['rest'] / MB:9,.0f} "
                      f"{r['gpu'] / MB:9,.0f} {r['host'] / MB:9,.0f}{note}")
     lines.append("  state: weights, gradients, AdamW (+ DDP's buckets; FSDP: / processes, + a whole gradient with "
                  "accumulation); gathered: whole units for the computation; the rest: activations, the LM head, "
@@ -102,7 +109,7 @@ def format_sharded(cfg: GPT2Config, s: Settings, n: int, memory: int | None) -> 
     if memory is not None:
         best = cheapest(rows, memory, n)
         lines.append(f"cheapest that fits in {memory / MB:,.0f} MB per GPU: " +
-                     (f"{best} ({HOW[best].format(n=n)})" if best else "none of them (fewer tokens per micro-batch, "
+                     (_how(best, n) if best else "none of them (fewer tokens per micro-batch, "
                                                                         "--checkpointing, more processes)"))
     return "\n".join(lines)
 
