@@ -34,7 +34,6 @@ import os
 import shutil
 
 import torch
-import torch.distributed as dist
 
 from gpt2 import checkpoint, sharding
 from gpt2.errors import UserError

@@ -22,7 +22,8 @@ def test_the_state_is_divided_by_the_processes():
         assert rows["DDP"]["state"] == 16 * P + (4 * P if n > 1 else 0)  # + DDP's gradient buckets
         assert rows["FSDP+offload"]["state"] == 0 and rows["FSDP+offload"]["host"] == 16 * P // n
         # the root (wte, wpe, ln_f) and two blocks gathered in bf16, whole fp32 gradients of a root and a block
-        assert rows["FSDP"]["gathered"] == 2 * (units["root"] + 2 * units["block"]) + 4 * (units["root"] + units["block"])
+        gathered = 2 * (units["root"] + 2 * units["block"]) + 4 * (units["root"] + units["block"])
+        assert rows["FSDP"]["gathered"] == gathered
     # with accumulation, the micro-steps before the last keep a whole gradient
     accum = per_gpu(XL, Settings(**{**GPU.__dict__, "grad_accum": 4}), 4)
     assert accum["FSDP"]["state"] == 16 * P // 4 + 4 * P
