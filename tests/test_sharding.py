@@ -187,7 +187,8 @@ def test_four_sharded_processes_train_like_one(tiny_ckpt, data, tmp_path):
 
 
 def test_two_nodes_on_one_machine(tiny_ckpt, data, tmp_path):
-    """torchrun's rendezvous across machines, as two "nodes" of one process each on localhost."""
+    """torchrun's rendezvous across machines, as two "nodes" of one process each on localhost (and
+    --checkpointing: each sharded block recomputed in backward, gathered again for it)."""
     import socket
     import subprocess
 
@@ -200,7 +201,7 @@ def test_two_nodes_on_one_machine(tiny_ckpt, data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
                                "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-                               f"localhost:{port}", "train.py", *map(str, args), "--fsdp", "--out",
+                               f"localhost:{port}", "train.py", *map(str, args), "--fsdp", "--checkpointing", "--out",
                                str(tmp_path / "nodes")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
              for r in (0, 1)]
