@@ -61,7 +61,7 @@ def train(args, lr):
     torch.manual_seed(args.seed + run.dist.rank)  # dropout masks: each process its own
     out = outdir.RunDir(args.out, run.dist.is_main)
 
-    def save_model(directory, weights=None):  # a complete model directory: weights, config, tokenizer (and adapter/)
+    def save_model(directory, weights=None):  # a model directory: weights, config, tokenizer (and adapter/)
         # Every process calls it: --fsdp gathers the weights first (a collective), unless given; rank 0 writes.
         weights = sharded.gather_weights(run.model) if weights is None else weights
         if not run.dist.is_main:

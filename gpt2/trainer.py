@@ -284,8 +284,8 @@ class Trainer:
 
         self.scaler.unscale_(self.optimizer)  # grads / scale: now the true gradients
         # The L2 norm of all gradients as one vector, before clipping (logged as grad_norm).
-        # (Under --fsdp a norm across the shards: sharding.py.)
-        grad_norm = sharding.global_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        grad_norm = sharding.global_norm(grad_norm)  # (--fsdp: a norm across the shards, sharding.py)
         self.lr_used = self.scheduler.get_last_lr()[0]  # logged: the rate this step used
         if scaler_step(self.scaler, self.optimizer):  # AdamW, unless fp16's gradients overflowed
             self.scheduler.step()
