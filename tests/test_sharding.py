@@ -11,6 +11,7 @@ What is checked:
   model that evaluate.py opens without torchrun.
 * 4 sharded processes (marked many_processes) and two "nodes" of one process each
   (torchrun's c10d rendezvous on localhost) train as one process does.
+* A SIGTERM to torchrun (a scheduler's) stops a sharded run with a saved state.
 * Bad input, one line each: --fsdp on one process, impossible combinations, a
   missing or truncated shard, a state from another torch version, a batch that does
   not divide.
@@ -217,3 +218,33 @@ def test_two_nodes_on_one_machine(tiny_ckpt, data, tmp_path):
     assert "1 accumulation x 2 process(es)" in outs[0]
     assert same_weights(tmp_path / "one", tmp_path / "nodes", tol=1e-5)
     assert_same_history(tmp_path / "one", tmp_path / "nodes")
+
+
+def test_sigterm_to_torchrun_saves_a_sharded_state(tiny_ckpt, data, tmp_path):
+    """A scheduler's SIGTERM to torchrun (preemption, the end of a time limit): torchrun passes it on to its
+    workers, which finish their step, save a sharded state and stop (docs/distributed.md)."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           "--no-progress", *map(str, common(tiny_ckpt, data, tmp_path)), "--max-steps", "100000", "--log-every", "1",
+           "--fsdp", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        deadline = time.time() + 120
+        while not ((out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 2):
+            assert time.time() < deadline and proc.poll() is None, "no step logged"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    status = json.load(open(out / "status.json"))
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM", output
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert state["step"] == status["step"] and (out / state["shards"] / ".metadata").exists()
