@@ -22,7 +22,7 @@ from gpt2.errors import NonFiniteLoss, UserError, out_of_memory, run_cli
 from gpt2.evaluation import evaluate_shared
 from gpt2.loop import History
 from gpt2.trainer import Trainer
-from harness import lr_finder, outdir, plan, streams
+from harness import lr_finder, outdir, plan, sharded, streams
 from harness.cli import check_train_flags, train_parser, wants_tensorboard
 from harness.hooks import ESTIMATE_AFTER, RunHooks, bytes_needed
 from harness.report import Logger, metrics_block
@@ -76,8 +76,8 @@ def train(args, lr):
     logger = Logger(out_dir=args.out, tensorboard=wants_tensorboard(args)) if run.dist.is_main else \
         Logger(print_fn=lambda *a, **k: None)
     trainer = Trainer(run.model, run.train_blocks, run.cfg, run.device, run.dist)
-    hooks = RunHooks(args.out, run, logger, interrupt, base_model=args.model,
-                     run_args=describe(args, run, trainer.total_steps))
+    hooks = (sharded.ShardedRunHooks if run.cfg.fsdp else RunHooks)(
+        args.out, run, logger, interrupt, base_model=args.model, run_args=describe(args, run, trainer.total_steps))
     history = History(run.device)
     out.claim(args.overwrite, state, need_bytes=bytes_needed(trainer), model_dir=run.model_dir)
     try:
@@ -115,7 +115,7 @@ def resume(trainer, history, state, data_info, hooks):
     """Continue from a resumable state: the trainer, the history, and log.jsonl cut back to it."""
     hooks.print(f"loading the resumable state {state} ({os.path.getsize(state) / 1e9:.2g} GB: the weights and "
                 f"AdamW's moments)")
-    notes = checkpoint.load(trainer, history, state, data_info)
+    notes = (sharded.load if trainer.cfg.fsdp else checkpoint.load)(trainer, history, state, data_info)
     hooks.resumed(trainer, history)
     for note in notes:  # a resume that will not be bit-exact says so
         hooks.print(note)
@@ -152,7 +152,7 @@ def save_run(out, hooks, run_args, train_metrics, log_history):
     out.set_status("saving")
     if out.is_main:
         print(metrics_block("train", train_metrics))
-        hooks.save_model(out.path)
+    hooks.save_model(out.path)  # every process (--fsdp gathers the weights first); rank 0 writes
     out.write_json("run_args.json", run_args)
     out.write_json("train_results.json", train_metrics)
     out.write_json("log_history.json", log_history)

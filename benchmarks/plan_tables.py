@@ -2,6 +2,7 @@
 
     python benchmarks/plan_tables.py            # the fits table of docs/memory.md
     python benchmarks/plan_tables.py --plan-md  # the tables of docs/plan.md
+    python benchmarks/plan_tables.py --sharding # the tables of docs/distributed.md (harness/shardplan.py)
 
 tests/test_plan.py checks that the docs hold exactly these tables. Every cell is
 harness/memory.py's plan for the Settings train.py would use with those flags
@@ -158,5 +159,40 @@ def docstring_tables() -> list:
     return [_state_table(), _block_table(), _activation_table(), _options_table(), _lora_table(), _measured_table()]
 
 
+# --- the tables of docs/distributed.md: DDP, FSDP, offload -----------------------------------------------
+
+SHARDING_MEMORY_GB = (8, 12, 24, 80)
+SHARDING_PROCESSES = (1, 4)
+SHARDING_FLAGS = ["--device", "cuda", "--bf16", "--batch-size", "1", "--checkpointing", "--loss-chunk", "1024"]
+
+
+def sharding_tables() -> str:
+    """Per-GPU memory of each strategy (shardplan.per_gpu), and the cheapest that fits each card, for 1 and 4
+    GPUs: train.py --plan's numbers for SHARDING_FLAGS (micro-batch 1 x 1024, bf16, checkpointing, the chunked
+    loss). Planned, not measured."""
+    from harness.shardplan import STRATEGIES, cheapest, per_gpu
+
+    head = "| model | " + " | ".join(f"{'plain' if (s, n) == ('DDP', 1) else s}, {n} GPU{'s' if n > 1 else ''}"
+                                      for n in SHARDING_PROCESSES
+                                      for s in STRATEGIES if not (s == "FSDP" and n == 1)) + " |"
+    per = [head, "|" + "---|" * (head.count("|") - 1)]
+    fits = ["| model | " + " | ".join(f"{gb} GB, {n} GPU{'s' if n > 1 else ''}" for gb in SHARDING_MEMORY_GB
+                                      for n in SHARDING_PROCESSES) + " |"]
+    fits.append("|" + "---|" * (fits[0].count("|") - 1))
+    for model in FITS_MODELS:
+        args = train_parser().parse_args(["--model", model, *SHARDING_FLAGS])
+        s, _ = settings_for(args, PRESETS[model], torch.device("cuda"))
+        rows = {n: per_gpu(PRESETS[model], s, n) for n in SHARDING_PROCESSES}
+        per.append(f"| {model} | " + " | ".join(f"{rows[n][st]['gpu'] / GB:.1f}" for n in SHARDING_PROCESSES
+                                               for st in STRATEGIES if not (st == "FSDP" and n == 1)) + " |")
+        fits.append(f"| {model} | " + " | ".join(
+            (cheapest(rows[n], gb * GB, n) or "none").replace("DDP", "plain" if n == 1 else "DDP")
+            for gb in SHARDING_MEMORY_GB for n in SHARDING_PROCESSES) + " |")
+    return "\n".join(per) + "\n\n" + "\n".join(fits)
+
+
 if __name__ == "__main__":
-    print("\n\n".join(docstring_tables()) if "--plan-md" in sys.argv else fits_table())
+    if "--sharding" in sys.argv:
+        print(sharding_tables())
+    else:
+        print("\n\n".join(docstring_tables()) if "--plan-md" in sys.argv else fits_table())

@@ -223,3 +223,10 @@ def _inexact(t, s) -> list[str]:
 def _apply(t, history, s):
     t.load_state_dict(s)
     history.load_state_dict(s, t.dist)
+
+
+def apply_progress(t, history, s):
+    """Everything of a checked state but the weights and AdamW's moments (a sharded run loads
+    those from its shards: harness/sharded.py)."""
+    t.load_state_dict(s, weights=False)
+    history.load_state_dict(s, t.dist)

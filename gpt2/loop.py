@@ -69,7 +69,7 @@ class Hooks:
         """A resumable state (checkpoint.py), e.g. OUT/resume.pt. Called by every process."""
 
     def save_best(self, trainer) -> None:
-        """The weights of the best evaluation so far (main process)."""
+        """The weights of the best evaluation so far (every process: under --fsdp they are gathered)."""
 
     def load_best(self, trainer) -> None:
         """Put the best weights back into trainer.model (every process)."""
@@ -234,8 +234,7 @@ def evaluate(t, val_blocks, hooks, history):
         history.best, history.bad_evals = (score, t.step), 0
         if cfg.save_best:
             check_finite_weights(t)  # a weight the evaluation never reads may still be inf
-            if t.dist.is_main:
-                hooks.save_best(t)
+            hooks.save_best(t)  # every process (--fsdp gathers the weights); rank 0 writes
         return None
     history.bad_evals += 1
     if cfg.patience and history.bad_evals >= cfg.patience:

@@ -286,6 +286,10 @@ class TrainConfig:
     # --- decided by harness/run.py, no flag of their own ---
     precision: str = setting("fp32", resume=AT_LOAD)  # what the training steps use (--precision auto resolved)
     eval_precision: str | None = setting(None)  # what evaluations use; None: as training
+    # --fsdp / --offload (harness/cli.py's sharding flags): a resumed run may change them,
+    # harness/sharded.py checks that the state can be read that way.
+    fsdp: bool = setting(False)     # shard weights, gradients and moments over the processes (sharding.py)
+    offload: bool = setting(False)  # keep them in host memory (sharding.py)
 
     def __post_init__(self):
         """What a notebook can get wrong and the command line cannot: one line, before any step."""

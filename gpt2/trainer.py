@@ -65,7 +65,8 @@ the schedule k steps short of its end, the last rate slightly above 0.
 
 Several processes (torchrun): `world_size`, `no_sync` and the `rank::world` slices
 below split each step's micro-batches between the processes; skip them on a first
-reading, distributed.py explains them. With one process they change nothing.
+reading, distributed.py explains them. With one process they change nothing. `--fsdp`
+(and `--offload`) shard the model instead of copying it: sharding.py.
 
 What happens between two steps (logging, the NaN check, evaluation, checkpoints,
 signals) is the loop, in loop.py; the resumable state is checkpoint.py.
@@ -82,6 +83,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from . import sharding
 from .checkpoint import rng_state, set_rng_state
 from .data import epoch_permutation, to_batch
 from .distributed import Dist
@@ -142,7 +144,8 @@ class Trainer:
 
     def __init__(self, model, train_blocks, cfg: TrainConfig, device, dist: Dist | None = None):
         dist = dist or Dist()
-        self.model = model.to(device)
+        # (--offload: the weights stay in host memory; sharding moves each unit through the GPU.)
+        self.model = model if cfg.offload else model.to(device)
         # (N, T), kept in the ids' small dtype (uint16 for GPT-2: a quarter of int64);
         # each micro-batch is converted on its own by to_batch.
         self.train_blocks = np.asarray(train_blocks)
@@ -150,7 +153,9 @@ class Trainer:
 
         # Model as the steps see it: maybe compiled, maybe wrapped for several processes.
         self.step_model = torch.compile(model) if cfg.compile else model
-        if dist.enabled:  # distributed.py: gradients averaged over the processes in backward
+        if cfg.fsdp:  # sharding.py: each process keeps 1/N of the weights, gradients and moments
+            self.step_model = sharding.shard(model, device, cfg.precision, cfg.offload)
+        elif dist.enabled:  # distributed.py: gradients averaged over the processes in backward
             self.step_model = DDP(self.step_model, device_ids=[device] if device.type == "cuda" else None)
 
         self.n_train = len(self.train_blocks)
@@ -230,7 +235,7 @@ class Trainer:
             # back by world_size so that the sum over all micro-batches of all processes is
             # the mean over the step's tokens. And all-reduce once per step, at its end.)
             sync = i == len(micro_batches) - 1
-            with (model.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()):
+            with (self._accumulating(model) if not sync else contextlib.nullcontext()):
                 with autocast(self.device, cfg.precision):
                     # The mean cross-entropy of this micro-batch. (Not `_, loss = ...`: a
                     # name holding the (b, T, vocab) logits would keep them alive through
@@ -245,6 +250,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)  # grads / scale: now the true gradients
         # The L2 norm of all gradients as one vector, before clipping (logged as grad_norm).
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        grad_norm = sharding.global_norm(grad_norm)  # (--fsdp: a norm across the shards, sharding.py)
         if cfg.precision != "fp16":  # fp16's overflows are the scaler's (skipped steps, below)
             bad = self.non_finite_grads_in_a_row
             self.non_finite_grads_in_a_row = torch.where(torch.isfinite(grad_norm), torch.zeros_like(bad), bad + 1)
@@ -259,6 +265,12 @@ class Trainer:
         self.step += 1
         return step_loss, grad_norm.detach()
 
+    def _accumulating(self, model):
+        """Around the backward of a micro-step before the last: gradients add up, nothing is sent."""
+        if sharding.is_sharded(model):  # (with offload the shards' gradients add up in host memory instead)
+            return contextlib.nullcontext() if self.cfg.offload else sharding.gradient_sync_off(model)
+        return model.no_sync() if self.dist.enabled else contextlib.nullcontext()
+
     # --- what the loop reports -------------------------------------------------------
     def describe(self) -> str:
         cfg, world = self.cfg, self.dist.world_size
@@ -267,7 +279,8 @@ class Trainer:
         # More than the data holds: each step sees every block once, no more.
         effective = f"{batch} = {product}" if batch <= blocks else f"{blocks} (all the blocks; {product} = {batch})"
         return (f"training {self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.2f} epochs of "
-                f"{self.steps_per_epoch} steps), effective batch {effective}, {cfg.precision}, on {self.device}")
+                f"{self.steps_per_epoch} steps), effective batch {effective}, {cfg.precision}, on {self.device}"
+                + (f"; {sharding.describe(cfg, world)}" if cfg.fsdp else ""))
 
     def metrics(self, loss_sum, steps_run, runtime) -> dict:
         """The Trainer's train metrics block: train_loss over all steps, speeds of this session."""
@@ -296,9 +309,12 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
                 "step": self.step, "skipped": self.skipped, "lr_used": self.lr_used}
 
-    def load_state_dict(self, s: dict) -> None:
-        self.model.load_state_dict(s["model"])
-        self.optimizer.load_state_dict(s["optimizer"])
+    def load_state_dict(self, s: dict, weights=True) -> None:
+        """weights=False: all but the weights and AdamW's moments (a sharded run reads those from
+        its own shards: harness/sharded.py)."""
+        if weights:
+            self.model.load_state_dict(s["model"])
+            self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
         rngs = s["rng"] if isinstance(s["rng"], list) else [s["rng"]]
@@ -309,5 +325,6 @@ class Trainer:
         self.step, self.skipped, self.lr_used = s["step"], s["skipped"], s["lr_used"]
 
     def evaluate(self, val_blocks, stop=None):
-        return evaluate_shared(self.model, val_blocks, self.cfg.eval_batch_size, self.device,
-                               self.cfg.eval_precision or self.cfg.precision, self.dist, stop=stop)
+        with sharding.gathered_root(self.model):  # --fsdp: evaluation.py calls hidden_states, lm_head
+            return evaluate_shared(self.model, val_blocks, self.cfg.eval_batch_size, self.device,
+                                   self.cfg.eval_precision or self.cfg.precision, self.dist, stop=stop)

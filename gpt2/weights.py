@@ -332,10 +332,10 @@ def _headers(index: str, shards: list) -> dict:
     return merged
 
 
-def to_hf(model: GPT2) -> dict:
-    """This model's parameters under transformers' names and layout."""
+def to_hf(model: GPT2, state: dict | None = None) -> dict:
+    """This model's parameters (or `state`, its state dict) under transformers' names and layout."""
     out = {}
-    for k, t in model.state_dict().items():
+    for k, t in (model.state_dict() if state is None else state).items():
         if k == "lm_head.weight":
             continue  # tied: transformers re-ties it from wte on load
         if k.endswith(CONV1D):
@@ -344,14 +344,15 @@ def to_hf(model: GPT2) -> dict:
     return out
 
 
-def save_checkpoint(model: GPT2, directory: str, config: GPT2Config | None = None) -> None:
+def save_checkpoint(model: GPT2, directory: str, config: GPT2Config | None = None, state: dict | None = None) -> None:
     """Write model.safetensors + config.json, each atomically (see files.py).
 
     config: the config.json to write, if not the model's own (a run's --dropout is the
-    run's, not the model's: harness/run.py passes the checkpoint's config)."""
+    run's, not the model's: harness/run.py passes the checkpoint's config). state: the
+    weights to write, if not model.state_dict() (a sharded model's, gathered: sharding.py)."""
     os.makedirs(directory, exist_ok=True)
     raw = model._orig_mod if hasattr(model, "_orig_mod") else model  # unwrap torch.compile
     path = os.path.join(directory, "model.safetensors")
     with atomic_path(path) as tmp, library_write(path):
-        save_file(to_hf(raw), tmp, metadata={"format": "pt"})
+        save_file(to_hf(raw, state), tmp, metadata={"format": "pt"})
     (config or raw.config).to_json(os.path.join(directory, "config.json"))

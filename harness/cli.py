@@ -18,7 +18,7 @@ import sys
 from gpt2 import schedules, settings
 from gpt2.distributed import is_first_rank_or_alone
 from gpt2.errors import UserError
-from . import hub, outdir, scratch
+from . import hub, outdir, sharded, scratch
 from .report import summary_writer_class
 from gpt2.precision import CHOICES as PRECISIONS
 
@@ -267,6 +267,7 @@ def train_parser():
     _add_evaluation_args(groups[settings.EVALUATION])
     _add_lr_finder_args(lr_finder)
     _add_memory_args(groups[settings.SPEED])
+    add_sharding_args(p)
     for options, hint in REFUSED.items():
         p.add_argument(*options, action=Refuse, hint=hint)
     return p
@@ -359,6 +360,8 @@ def check_train_flags(args):
     """Combinations of train.py's flags that cannot work, refused before anything is loaded."""
     hub.check_endpoint()
     scratch.check(args)
+    sharded.check_flags(args, len(args.lr))  # --fsdp / --offload: what they need, what they cannot do
+    sharded.check_state_kind(args)
     for lr in args.lr:
         if lr * args.weight_decay >= 1:
             raise UserError(f"--weight-decay {args.weight_decay:g} with --lr {lr:g}: each step would multiply the "
@@ -384,6 +387,48 @@ def check_train_flags(args):
 
 def wants_tensorboard(args) -> bool:
     return any(to in ("tensorboard", "all") for to in args.report_to)
+
+
+FSDP_WORDS = {"full_shard": "", "auto_wrap": "", "offload": "offload"}  # TrainingArguments' --fsdp words taken
+
+
+class Sharding(argparse.Action):
+    """--fsdp, or TrainingArguments' spelling: --fsdp "full_shard [auto_wrap] [offload]".
+
+    Every block is its own unit here (auto_wrap changes nothing); "offload" = --offload.
+    The other strategies (shard_grad_op, hybrid_shard, no_shard) are not built: one line.
+    """
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs="?", const="full_shard", default=False, **kw)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        words = str(value).replace(",", " ").split()
+        if words and words[0].lower() in ("false", "no", "0"):
+            setattr(namespace, self.dest, False)
+            return
+        unknown = [w for w in words if w not in FSDP_WORDS and w.lower() not in ("true", "yes", "1")]
+        if unknown:
+            parser.error(f"argument {option_string}: {' '.join(unknown)} is not built here; --fsdp shards "
+                         f"fully (full_shard, each block a unit), with 'offload' for --offload")
+        setattr(namespace, self.dest, True)
+        if "offload" in words:
+            namespace.offload = True
+
+
+def add_sharding_args(p):
+    """--fsdp and --offload: sharded training (gpt2/sharding.py, docs/distributed.md)."""
+    g = p.add_argument_group("sharded training (FSDP, see gpt2/sharding.py)")
+    g.add_argument("--fsdp", dest="fsdp", action=Sharding, metavar="full_shard",
+                   help="under torchrun: each process keeps 1/N of the weights, gradients and AdamW's moments "
+                        "instead of a whole copy (PyTorch's FSDP2); TrainingArguments' --fsdp full_shard too")
+    g.add_argument("--offload", dest="offload", action=Switch, default=False,
+                   help="with or without --fsdp, one process too: the weights, gradients and AdamW's moments "
+                        "in host memory, each block's weights on the GPU only while it computes (slower)")
+    g.add_argument("--processes", type=positive_int,
+                   help="with --plan: per-GPU memory under DDP, FSDP and offload for N processes "
+                        "(default: torchrun's, else 1; see harness/shardplan.py)")
+    return g
 
 
 # --- evaluate.py ----------------------------------------------------------------------

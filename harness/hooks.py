@@ -80,12 +80,15 @@ class RunHooks(Hooks):
                           self.run_args, trainer_state)
         checkpoints.rotate(self.out, trainer.cfg.save_total_limit)
 
-    def save_model(self, directory):
-        """A complete model directory: OUT at the end, best/, a checkpoint folder (outdir.py)."""
-        outdir.save_model(self.run, directory, self.base_model)
+    def save_model(self, directory, weights=None):
+        """A complete model directory: OUT at the end, best/, a checkpoint folder (outdir.py).
+        Called by every process (ShardedRunHooks gathers the weights first); rank 0 writes.
+        weights: the state to write, if not the model's own (gathered from the shards)."""
+        if self.dist.is_main:
+            outdir.save_model(self.run, directory, self.base_model, weights)
 
     def save_best(self, trainer):
-        self.save_model(os.path.join(self.out, "best"))
+        self.save_model(os.path.join(self.out, "best"))  # every process calls it; rank 0 writes
 
     def load_best(self, trainer):
         """The weights save_best wrote: under LoRA, the adapter alone (best/adapter/)."""

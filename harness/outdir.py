@@ -270,13 +270,15 @@ def check_finished(model_dir):
                         f"files may not be one model; finish it with --resume, or start from another model")
 
 
-def save_model(run, directory, base_model):
+def save_model(run, directory, base_model, weights=None):
     """A complete model directory (OUT, best/, a checkpoint folder): the weights, config.json and
     the model's own tokenizer; with LoRA, the merged weights and the adapter in adapter/
-    (base_model: what the adapter's config names as its base). Called by the main process."""
+    (base_model: what the adapter's config names as its base; weights: the state to write, if
+    not the model's own). Called by the main process."""
     model = run.model
     save_checkpoint(merged_model(model) if getattr(model, "lora_config", None) else model, directory,
-                    config=getattr(run, "saved_config", None))  # without this run's --dropout
+                    config=getattr(run, "saved_config", None),  # without this run's --dropout
+                    state=weights)  # --fsdp: the weights gathered from the shards
     copy_files(run.tokenizer.files, directory)
     # No other tokenizer's files: a vocab.json left by an earlier run beside a new
     # tokenizer.json would describe another vocabulary.

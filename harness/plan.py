@@ -26,6 +26,7 @@ from . import scratch
 from .batch import choose_batch
 from .hub import ALIASES, default_weights_dir, is_hub_id
 from .memory import CUDA_BASELINE_NOTE, MB, PART_NOTES, Settings, count_parameters, plan
+from .shardplan import format_sharded, sharded_json
 from .run import pick_attention_recompute, pick_block_size, pick_loss_chunk
 
 
@@ -243,12 +244,15 @@ def main(args) -> int:
     print(f"\nmemory to fit: {memory / MB:,.0f} MB ({what})")
     for note in notes:
         print(note)
+    processes = args.processes or int(os.environ.get("WORLD_SIZE", "1"))  # shardplan.py: DDP, FSDP, offload
+    print("\n" + format_sharded(cfg, s, processes, memory))
     if args.batch_size == "auto":
         print(f"--batch-size auto: planned with micro-batch {s.micro_batch}; the largest that fits in "
               f"{memory / MB:,.0f} MB is {largest_micro_batch(memory, cfg, s)}")
     if args.json:
         try:
-            write_json(args.json, plan_json(cfg, s, memory, lora=True, recompute=recompute))
+            write_json(args.json, {**plan_json(cfg, s, memory, lora=True, recompute=recompute),
+                                   "sharding": sharded_json(cfg, s, processes, memory)})
         except OSError as e:
             raise UserError(f"--json {args.json}: cannot write it ({e.strerror or e})") from None
         print(f"written to {args.json}")

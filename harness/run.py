@@ -240,7 +240,8 @@ def train_config(args, lr, precision, batch_size, grad_accum, n_blocks, world_si
     here on top: the rate of this run, the micro-batch, the precision, run_clm's strategies."""
     decided = dict(lr=lr, batch_size=batch_size, grad_accum=grad_accum, precision=precision,
                    eval_precision=eval_precision, eval_strategy=eval_strategy(args), save_strategy=save_strategy(args),
-                   save_every=args.save_every if args.save_every > 0 else 500, log_every=1)
+                   save_every=args.save_every if args.save_every > 0 else 500, log_every=1,
+                   fsdp=args.fsdp or args.offload, offload=args.offload)
     cfg = TrainConfig(**settings.from_flags(args, **decided))
     log_every = auto_log_every(args.log_every, step_counts(n_blocks, cfg, world_size).total_steps)
     return replace(cfg, log_every=log_every, eval_every=args.eval_every or log_every)

@@ -16,6 +16,7 @@ moment of a run (torchrun passes the environment on to its workers):
     FULL_WEIGHTS=1      the disk fills while model.safetensors is written (safetensors' own error)
     CTRL_C_STATE_AT=s   Ctrl-C twice while the state of step s is written (not yet renamed)
     KILL_STATE_AT=s     SIGKILL at that moment
+    KILL_IN_SHARDS=s    (--fsdp) SIGKILL when the shards of step s are written, not yet renamed
     FULL_STATE_AT=s     the disk fills while that state is written (torch's own error)
     CTRL_C_SETUP=1      Ctrl-C while the data is loaded, before the run has begun
     KILL_AT_JSON=name   SIGKILL when the final save is about to write that JSON file
@@ -24,6 +25,7 @@ moment of a run (torchrun passes the environment on to its workers):
     SIGNAL_AT_EVAL=n    send this process signal SIG (a number) as the n-th evaluation starts
     EVAL_FAILS=1        every evaluation runs out of memory (as at --eval-batch-size 8 after 2)
     SIGNAL_IN_FORWARD=s send this process signal SIG during the forward pass of step s
+    PROBE_SHARDS=dir    (torchrun --fsdp) each rank writes shardsN.json: the weight and moment bytes it holds
     PROBE_OUT=dir       (torchrun) each rank writes rankN.json: its all-reduces and random seed
     RANK1_FAIL_AT=s     (torchrun) rank 1 raises a UserError at step s
     RANK1_CTRL_C_AT=s   (torchrun) Ctrl-C to rank 1 alone at step s
@@ -40,7 +42,7 @@ import torch
 from gpt2 import evaluation, loop, weights
 from gpt2.errors import UserError
 from gpt2.trainer import Trainer
-from harness import checkpoints, run
+from harness import checkpoints, run, sharded
 from harness.hooks import RunHooks
 from harness.outdir import RunDir
 
@@ -104,6 +106,9 @@ def before(owner, name, action):
 def install_run_faults():
     """The single-process faults: signals and kills at exact moments of a run."""
     after(RunHooks, "save_state", lambda hooks, t, history: env("KILL_AT") == t.step and kill())
+    after(sharded.ShardedRunHooks, "save_state", lambda hooks, t, history: env("KILL_AT") == t.step and kill())
+    # --fsdp: SIGKILL when every process has written its shards of step s, before they are renamed
+    before(sharded, "_commit", lambda tmp, final: final.endswith(f"-{env('KILL_IN_SHARDS')}") and kill())
     after(Trainer, "optimizer_step", lambda t, *a: t.step == env("CTRL_C_AT") and ctrl_c())  # t.step: steps done
 
     def die_before_the_update(t, *a):
@@ -224,6 +229,30 @@ def install_torchrun_probes():
     after_function(loop, "train", lambda t, *a: report(t))
 
 
+def install_shard_probe():
+    """PROBE_SHARDS=dir: each rank writes shardsN.json, the bytes of weights and moments it holds (--fsdp)."""
+    if not os.environ.get("PROBE_SHARDS"):
+        return
+    from torch.distributed.tensor import DTensor
+
+    def local(t):
+        t = t.to_local() if isinstance(t, DTensor) else t
+        return t.numel() * t.element_size()
+
+    def whole(t):
+        return t.numel() * t.element_size()
+
+    def report(t, *a):
+        moments = [m for s in t.optimizer.state.values() for k, m in s.items() if k in ("exp_avg", "exp_avg_sq")]
+        rank = int(os.environ.get("RANK", 0))
+        with open(os.path.join(os.environ["PROBE_SHARDS"], f"shards{rank}.json"), "w") as f:
+            json.dump({"weights": sum(local(p) for p in t.model.parameters()),
+                       "weights_whole": sum(whole(p) for p in t.model.parameters()),
+                       "moments": sum(local(m) for m in moments), "moments_whole": sum(whole(m) for m in moments)}, f)
+    after_function(loop, "train", lambda t, *a: report(t))
+
+
 def install():
+    install_shard_probe()
     install_run_faults()
     install_torchrun_probes()
