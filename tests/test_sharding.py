@@ -61,7 +61,10 @@ def test_two_sharded_processes_train_like_one_with_accumulation(tiny_ckpt, data,
     assert "effective batch 8 = 2 micro-batch x 2 accumulation x 2 process(es)" in two.stdout
     assert two.stdout.count("***** eval metrics *****") == 1
     assert two.stdout.count("restored the best checkpoint") == 1  # best/ gathered, then loaded into the shards
-    assert same_weights(tmp_path / "one", tmp_path / "two", tol=1e-5)
+    # Weights within 2e-5 (measured: 1.03e-5 at most, a c_attn bias, after 20 steps at lr 1e-3).
+    # The clipping factor 0.5 / |g| comes from norms that round differently (see assert_same_history:
+    # 6e-5 relative), and AdamW turns that into a small share of each step where |g| is tiny.
+    assert same_weights(tmp_path / "one", tmp_path / "two", tol=2e-5)
     assert_same_history(tmp_path / "one", tmp_path / "two")
     e1, e2 = (json.load(open(tmp_path / d / "eval_results.json")) for d in ("one", "two"))
     assert e2["eval_loss"] == pytest.approx(e1["eval_loss"], abs=1e-5)

@@ -100,8 +100,12 @@ def test_accumulation_equals_big_batch(tiny_ckpt):
                                       grad_accum=4)
     big, big_history = train_ours(load_checkpoint(tiny_ckpt), blocks, lr=1e-3, max_steps=3, batch_size=8,
                                   grad_accum=1)
+    # The two sum the same gradients in another order (fp32 rounding, ~1e-7 relative). AdamW
+    # divides each by sqrt(v) + eps: where a gradient is near eps (1e-8) that turns rounding
+    # into a visible share of the step (lr = 1e-3). Over seeds 0-5 and 42 the largest weight
+    # difference after 3 steps was 2e-7 to 5e-6, so 1e-5 (1 % of one step) bounds it.
     for (k, a), b in zip(small.model.state_dict().items(), big.model.state_dict().values()):
-        assert (a - b).abs().max().item() <= 1e-6, k
+        assert (a - b).abs().max().item() <= 1e-5, k
     assert [e["loss"] for e in small_history.log] == pytest.approx([e["loss"] for e in big_history.log], abs=1e-5)
 
 
