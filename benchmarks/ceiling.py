@@ -29,12 +29,15 @@ block 256 they are 3 % of the FLOPs.
 
 Then a profile (torch.profiler) of --profile-steps more steps splits the step's time
 into matmuls, attention, dropout, casts, optimizer, loss and other. Each operator's
-own time (without its children) goes to one category, by where it ran: inside
-attention (scaled_dot_product_attention, KeepMaskAttention), inside a dropout
-(aten::dropout, or the model's keep masks), inside the chunked LM-head loss,
+own time (without its children) goes to one category, by where it ran: inside a
+dropout (aten::dropout, gpt2.dropout's functions, attention's masks included), inside
+attention (scaled_dot_product_attention, gpt2.attention's functions), inside the
+chunked LM-head loss,
 inside the optimizer part of the step (clipping, AdamW, zero_grad), and in backward
 by the forward operator that made the autograd node (its sequence number): the
-backward of a dropout is dropout, the backward of a cast is a cast. Matmuls are
+backward of a dropout is dropout, the backward of a cast is a cast. (The script
+labels gpt2's dropout and attention functions with torch.profiler's record_function,
+from outside; the model code knows nothing of it.) Matmuls are
 aten::mm/addmm (the linear layers and the LM head); attention's bmm count as
 attention. Casts are the dtype conversions (aten::_to_copy, and aten::copy_ outside a
 clone). The profiler adds its own overhead per operator, so the shares are of the
@@ -48,6 +51,7 @@ with train.py's defaults (--ours-opts default): fused AdamW, clipping, dropout 0
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -71,6 +75,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16 (default: fp32,bf16)")
+    p.add_argument("--bernoulli", action="store_true",
+                   help="also each precision with PyTorch's bernoulli_ dropout masks (variant '/bernoulli')")
     p.add_argument("--model-config", default="gpt2", choices=bench.PRESET_NAMES)
     p.add_argument("--block-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=2)
@@ -164,22 +170,68 @@ def sync(device):
 
 # --- the step ------------------------------------------------------------------------
 
-def make_step(args, device, precision):
-    """(model, step(x) -> loss): bench.py's 'ours' side, one optimizer step per call."""
-    from gpt2.precision import autocast, make_scaler
-
+def make_model(args, device):
+    """(model, optimizer, opts): bench.py's 'ours' side, shared by every variant (its weights
+    drift with the steps, which does not change the step's speed)."""
     opts = bench.parse_opts(args.ours_opts)
     if opts["default"]:
         opts = bench.default_opts(opts, device, args.block_size)
     bargs = argparse.Namespace(model_config=args.model_config, dropout=args.dropout, seed=args.seed)
     model, loss_fn = bench.build("ours", bargs, device, opts)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0, fused=device.type in ("cuda", "cpu"))
+    model.train()
+    return model, loss_fn, opt, opts
+
+
+def bernoulli_mask(shape, p, device):
+    """PyTorch's own draw (bernoulli_, as nn.Dropout and the math path): the variant '/bernoulli'."""
+    return torch.empty(shape, device=device).bernoulli_(1 - p).bool()
+
+
+def labelled(fn, label):
+    """fn, its operators grouped under `label` in the profile (record_function: about a microsecond a call)."""
+    def wrapped(*args, **kwargs):
+        with autograd_profiler.record_function(label):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+@contextlib.contextmanager
+def masks_drawn_by(draw):
+    """gpt2.dropout's keep_mask swapped for `draw` (None: kept), in both modules that call it, and
+    dropout's operators labelled 'dropout' for the breakdown (the model code knows nothing of this)."""
+    import gpt2.attention
+    import gpt2.dropout
+
+    import gpt2.model
+
+    saved = (gpt2.dropout.keep_mask, gpt2.attention.keep_mask, gpt2.dropout.dropout,
+             gpt2.model.dropout_attention, gpt2.model.keep_mask_attention)
+    mask = labelled(draw or gpt2.dropout.keep_mask, "dropout")
+    gpt2.dropout.keep_mask = gpt2.attention.keep_mask = mask
+    gpt2.dropout.dropout = labelled(gpt2.dropout.dropout, "dropout")
+    gpt2.model.dropout_attention = labelled(gpt2.model.dropout_attention, "attention")
+    gpt2.model.keep_mask_attention = labelled(gpt2.model.keep_mask_attention, "attention")
+    try:
+        yield
+    finally:
+        (gpt2.dropout.keep_mask, gpt2.attention.keep_mask, gpt2.dropout.dropout,
+         gpt2.model.dropout_attention, gpt2.model.keep_mask_attention) = saved
+
+
+def make_step(model, loss_fn, opt, device, variant):
+    """step(x) -> loss: one optimizer step of `variant` ('bf16', 'fp32', 'bf16/bernoulli', ...)."""
+    from gpt2.precision import autocast, make_scaler
+
+    precision, _, masks = variant.partition("/")
     scaler = make_scaler(device, precision)
+    draw = bernoulli_mask if masks == "bernoulli" else None
 
     def step(x):
-        with autocast(device, precision):
-            loss = loss_fn(x)
-        scaler.scale(loss).backward()
+        with masks_drawn_by(draw):
+            with autocast(device, precision):
+                loss = loss_fn(x)
+            scaler.scale(loss).backward()
         with autograd_profiler.record_function("optimizer"):  # clipping, AdamW, zero_grad: one category
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -188,8 +240,7 @@ def make_step(args, device, precision):
             opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    model.train()
-    return model, step, opts
+    return step
 
 
 def time_steps(step, batches, device):
@@ -228,10 +279,10 @@ def categorize(events):
         """The category a forward-side event belongs to by where it ran (None: by its own name)."""
         if "optimizer" in names:
             return "optimizer"
+        if any(n in DROPOUT for n in names) or e.name == "aten::bernoulli_":
+            return "dropout"  # attention's mask included
         if any(n.startswith(ATTENTION) for n in names):
             return "attention"
-        if any(n in DROPOUT for n in names) or e.name == "aten::bernoulli_":
-            return "dropout"
         if any(n.startswith(LOSS) for n in names):
             return "loss"
         return None
@@ -301,74 +352,74 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    variants = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if args.bernoulli:
+        variants += [f"{v}/bernoulli" for v in variants]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     cfg = bench.shape_of(args.model_config)
     B, T = args.batch_size, args.block_size
     M = B * T
     info = machine(device)
 
-    steps = {}
-    for precision in precisions:
-        model, step, opts = make_step(args, device, precision)
-        n_params = sum(p.numel() for p in model.parameters())
-        steps[precision] = {"model": model, "step": step, "opts": opts}
+    model, loss_fn, opt, opts = make_model(args, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    steps = {v: make_step(model, loss_fn, opt, device, v) for v in variants}
     flops_per_token = 6 * (n_params - cfg.n_positions * cfg.n_embd) + 12 * cfg.n_layer * cfg.n_embd * T
     gen = torch.Generator().manual_seed(args.seed + 1)
 
     def batch():
         return torch.randint(0, cfg.vocab_size, (B, T), generator=gen).to(device)
 
-    rounds = {p: [] for p in precisions}
-    for precision in precisions:  # warm-up: AdamW's state, oneDNN's kernels
-        steps[precision]["step"](batch())
+    rounds = {v: [] for v in variants}
+    for v in variants:  # warm-up: AdamW's state, oneDNN's kernels
+        steps[v](batch())
     for r in range(args.rounds):
-        for precision in precisions:
-            ceiling = measure_ceiling(cfg, M, dtypes[precision], device, args.reps)
-            times = time_steps(steps[precision]["step"], [batch() for _ in range(args.steps)], device)
+        for v in variants:
+            ceiling = measure_ceiling(cfg, M, dtypes[v.split("/")[0]], device, args.reps)
+            times = time_steps(steps[v], [batch() for _ in range(args.steps)], device)
             ceil_fps = ceiling["flops"] / ceiling["seconds"]
             step_fps = flops_per_token * M / statistics.median(times)
-            rounds[precision].append({"ceiling_gflops_per_s": ceil_fps / 1e9, "ceiling_matmul_s": ceiling["seconds"],
-                                      "step_times_s": times, "step_gflops_per_s": step_fps / 1e9,
-                                      "share": step_fps / ceil_fps, "per_shape": ceiling["per_shape"]})
-            print(f"round {r + 1} {precision}: ceiling {ceil_fps / 1e9:.0f} GFLOP/s, step {step_fps / 1e9:.0f} "
+            rounds[v].append({"ceiling_gflops_per_s": ceil_fps / 1e9, "ceiling_matmul_s": ceiling["seconds"],
+                              "step_times_s": times, "step_gflops_per_s": step_fps / 1e9,
+                              "share": step_fps / ceil_fps, "per_shape": ceiling["per_shape"],
+                              "load": os.getloadavg()[0]})
+            print(f"round {r + 1} {v}: ceiling {ceil_fps / 1e9:.0f} GFLOP/s, step {step_fps / 1e9:.0f} "
                   f"GFLOP/s ({M / statistics.median(times):.0f} tokens/s), {100 * step_fps / ceil_fps:.1f} % "
                   f"(load {os.getloadavg()[0]:.2f})", flush=True)
 
     breakdown = {}
     if args.profile_steps > 0:
-        for precision in precisions:
-            totals, other, per_step = profile_steps(steps[precision]["step"],
-                                                    [batch() for _ in range(args.profile_steps)])
-            breakdown[precision] = {"seconds_per_step": {k: v / args.profile_steps for k, v in totals.items()},
+        for v in variants:
+            totals, other, per_step = profile_steps(steps[v], [batch() for _ in range(args.profile_steps)])
+            breakdown[v] = {"seconds_per_step": {k: v / args.profile_steps for k, v in totals.items()},
                                     "profiled_step_s": per_step,
                                     "other_top": dict(sorted(((k, v / args.profile_steps) for k, v in other.items()),
                                                              key=lambda kv: -kv[1])[:8])}
 
-    text = report(args, info, cfg, M, flops_per_token, rounds, breakdown, steps)
+    text = report(args, info, cfg, M, flops_per_token, rounds, breakdown, opts)
     print(text)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"config": vars(args), "machine": info, "flops_per_token": flops_per_token,
-                       "opts": {p: {k: v for k, v in s["opts"].items()} for p, s in steps.items()},
+                       "opts": opts,
                        "rounds": rounds, "breakdown": breakdown, "table": text}, f, indent=1)
     return 0
 
 
-def report(args, info, cfg, M, flops_per_token, rounds, breakdown, steps):
+def report(args, info, cfg, M, flops_per_token, rounds, breakdown, opts):
     native = "AVX512-BF16" if info["avx512_bf16"] else ""
     native += (" + AMX" if native else "AMX") if info["amx_bf16"] else ""
     where = info.get("gpu") or (f"{info['cpu']}, {info['cores']} cores, {info['threads']} threads, "
                                 f"native bf16: {native or 'no'}")
     lines = [f"GPT-2 {args.model_config}, block {args.block_size}, micro-batch {args.batch_size}, on {where}; "
              f"torch {info['torch']}; load at start {info.get('load_average', ('?',))[0]}",
-             f"ours: {bench.opts_label(next(iter(steps.values()))['opts'])}; {flops_per_token / 1e9:.3f} GFLOP "
+             f"ours: {bench.opts_label(opts)}; {flops_per_token / 1e9:.3f} GFLOP "
              f"per token; {args.rounds} round(s) of (ceiling, {args.steps} step(s)) per precision", ""]
-    head = f"{'':34}" + "".join(f" {p:>10}" for p in rounds)
+    head = f"{'':34}" + "".join(f" {p:>14}" for p in rounds)
     lines.append(head)
 
     def row(name, fn, spec):
-        lines.append(f"{name:34}" + "".join(f" {format(fn(rs), spec):>10}" for rs in rounds.values()))
+        lines.append(f"{name:34}" + "".join(f" {format(fn(rs), spec):>14}" for rs in rounds.values()))
 
     med = statistics.median
     row("matmul ceiling (GFLOP/s, median)", lambda rs: med(r["ceiling_gflops_per_s"] for r in rs), ".0f")
@@ -384,15 +435,15 @@ def report(args, info, cfg, M, flops_per_token, rounds, breakdown, steps):
     if breakdown:
         lines += ["", f"where a profiled step's time goes (torch.profiler, {args.profile_steps} step(s); "
                       f"% of the operators' own time)"]
-        lines.append(f"{'':34}" + "".join(f" {p:>10}" for p in breakdown))
+        lines.append(f"{'':34}" + "".join(f" {p:>14}" for p in breakdown))
         for cat in CATEGORIES:
             lines.append(f"{'  ' + cat:34}" + "".join(
-                f" {100 * b['seconds_per_step'][cat] / sum(b['seconds_per_step'].values()):>9.1f}%"
+                f" {100 * b['seconds_per_step'][cat] / sum(b['seconds_per_step'].values()):>13.1f}%"
                 for b in breakdown.values()))
         lines.append(f"{'  all operators (s/step)':34}" + "".join(
-            f" {sum(b['seconds_per_step'].values()):>10.3f}" for b in breakdown.values()))
+            f" {sum(b['seconds_per_step'].values()):>14.3f}" for b in breakdown.values()))
         lines.append(f"{'  profiled step, wall (s)':34}" + "".join(
-            f" {b['profiled_step_s']:>10.3f}" for b in breakdown.values()))
+            f" {b['profiled_step_s']:>14.3f}" for b in breakdown.values()))
         for p, b in breakdown.items():
             lines.append(f"other, {p}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in b["other_top"].items()))
     return "\n".join(lines)
