@@ -49,10 +49,10 @@ class KeepMaskAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, p):
         dtype = q.dtype
         with torch.autocast(q.device.type, enabled=False):  # fp32 throughout, as the math path
-            q, k, v = q.float(), k.float(), v.float()  # (B, nh, T, hd)
+            q, k, v = _fp32(q), _fp32(k), _fp32(v)  # (B, nh, T, hd)
             probs = _causal_softmax(q, k)  # (B, nh, T, T)
             keep = keep_mask(probs.shape, p, q.device)  # (B, nh, T, T) bool, as dropout_attention
-            y = probs.mul_(keep).mul_(1 / (1 - p)) @ v  # (B, nh, T, hd); probs dropped in place
+            y = _drop(probs, keep, p) @ v  # (B, nh, T, hd)
         ctx.save_for_backward(q, k, v, keep)
         ctx.p, ctx.dtype = p, dtype
         return y
@@ -64,8 +64,8 @@ class KeepMaskAttention(torch.autograd.Function):
         with torch.autocast(q.device.type, enabled=False):
             dy = dy.float()
             probs = _causal_softmax(q, k)                              # P, rebuilt
-            dv = (probs * keep).mul_(1 / (1 - p)).transpose(-2, -1) @ dy   # D^T dy
-            d_probs = (dy @ v.transpose(-2, -1)).mul_(keep).mul_(1 / (1 - p))
+            dv = _drop(probs, keep, p).transpose(-2, -1) @ dy             # D^T dy
+            d_probs = _drop(dy @ v.transpose(-2, -1), keep, p)
             # softmax backward: P * (dP - rowsum(dP * P)), in place over dP
             ds = d_probs.sub_((d_probs * probs).sum(-1, keepdim=True)).mul_(probs)
             del probs, d_probs
@@ -78,8 +78,23 @@ def _causal_softmax(q, k):
     """softmax(q k^T / sqrt(hd)) with the causal mask: (B, nh, T, T)."""
     T = q.shape[-2]
     scores = (q @ k.transpose(-2, -1)).mul_(1 / math.sqrt(q.shape[-1]))
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)  # key after query: masked
-    return torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
+    # -inf where the key comes after the query, 0 elsewhere: added, not masked_fill'ed, so that
+    # autograd passes the gradient straight through (masked_fill's backward copies a T x T tensor;
+    # softmax's gradient is 0 there anyway). s + 0 = s: the same scores.
+    future = torch.full((T, T), float("-inf"), device=q.device).triu_(1)  # (T, T)
+    return torch.softmax(scores.add_(future), dim=-1)
+
+
+def _fp32(t):
+    """t in fp32, laid out contiguously: one copy, where .float() of a transposed view keeps its
+    strides and the matmuls would copy it a second time to batch it."""
+    return t.to(torch.float32, memory_format=torch.contiguous_format)
+
+
+def _drop(probs, keep, p):
+    """probs where kept, 0 where dropped, / (1 - p). torch.where, not probs * keep: a bool
+    factor is first converted to a T x T float tensor, in forward and again in backward."""
+    return torch.where(keep, probs, 0.0).mul_(1 / (1 - p))
 
 
 def dropout_attention(q, k, v, p):
@@ -90,10 +105,10 @@ def dropout_attention(q, k, v, p):
     the bool mask and the dropped probabilities for backward.
     """
     with torch.autocast(q.device.type, enabled=False):  # fp32 throughout, as the math path
-        q, k, v = q.float(), k.float(), v.float()
+        q, k, v = _fp32(q), _fp32(k), _fp32(v)  # (B, nh, T, hd)
         probs = _causal_softmax(q, k)  # (B, nh, T, T)
         keep = keep_mask(probs.shape, p, q.device)  # the same draw as KeepMaskAttention's
-        return (probs * keep).mul_(1 / (1 - p)) @ v  # (B, nh, T, hd)
+        return _drop(probs, keep, p) @ v  # (B, nh, T, hd)
 
 
 def keep_mask_attention(q, k, v, p):

@@ -31,7 +31,7 @@ torch.manual_seed fixes every mask, and the random state a checkpoint saves
 masks: the random stream is consumed differently (one 32-bit word per element
 instead of bernoulli_'s), so a run with dropout draws other masks than it did before
 this module, and than transformers' GPT2LMHeadModel would from the same seed. The
-scale is applied in the activations' dtype as x * keep * (1 / (1 - p)), rounded once
+scale is applied in the activations' dtype as where(keep, x, 0) x (1 / (1 - p)), rounded once
 (PyTorch's bf16 dropout first rounds 1 / (1 - p) itself to bf16: 1.109375 for p =
 0.1).
 
@@ -61,8 +61,9 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)  # the GPU's fused kernel
-    # Autograd keeps the bool mask for backward: dx = dy * keep * (1 / (1 - p)).
-    return (x * keep_mask(x.shape, p, x.device)).mul_(1.0 / (1.0 - p))
+    # Autograd keeps the bool mask for backward: dx = where(keep, dy, 0) / (1 - p). (torch.where,
+    # not x * keep: a bool factor is first converted to a tensor of x's dtype and shape.)
+    return torch.where(keep_mask(x.shape, p, x.device), x, 0.0).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
