@@ -163,6 +163,20 @@ def measure_ceiling(cfg, M, dtype, device, reps):
     return {"flops": flops, "seconds": seconds, "per_shape": per_shape}
 
 
+def time_weight_casts(model, dtype, device, reps):
+    """Seconds to cast every weight matrix to `dtype` once (what autocast does in each forward)."""
+    mats = [p for p in model.parameters() if p.dim() == 2]
+    times = []
+    for _ in range(reps + 1):  # the first one warms the allocator
+        sync(device)
+        t0 = time.perf_counter()
+        copies = [m.detach().to(dtype) for m in mats]
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        del copies
+    return min(times[1:])
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -201,10 +215,15 @@ def masks_drawn_by(draw):
     """gpt2.dropout's keep_mask swapped for `draw` (None: kept), in both modules that call it, and
     dropout's operators labelled 'dropout' for the breakdown (the model code knows nothing of this)."""
     import gpt2.attention
-    import gpt2.dropout
-
     import gpt2.model
 
+    try:
+        import gpt2.dropout
+    except ImportError:  # the code before issue 30 (a before/after run): nothing to swap or label
+        if draw is not None:
+            raise SystemExit("--bernoulli needs gpt2/dropout.py")
+        yield
+        return
     saved = (gpt2.dropout.keep_mask, gpt2.attention.keep_mask, gpt2.dropout.dropout,
              gpt2.model.dropout_attention, gpt2.model.keep_mask_attention)
     mask = labelled(draw or gpt2.dropout.keep_mask, "dropout")
@@ -379,10 +398,12 @@ def main(argv=None):
             times = time_steps(steps[v], [batch() for _ in range(args.steps)], device)
             ceil_fps = ceiling["flops"] / ceiling["seconds"]
             step_fps = flops_per_token * M / statistics.median(times)
+            dtype = dtypes[v.split("/")[0]]
+            cast_s = time_weight_casts(model, dtype, device, args.reps) if dtype != torch.float32 else 0.0
             rounds[v].append({"ceiling_gflops_per_s": ceil_fps / 1e9, "ceiling_matmul_s": ceiling["seconds"],
                               "step_times_s": times, "step_gflops_per_s": step_fps / 1e9,
                               "share": step_fps / ceil_fps, "per_shape": ceiling["per_shape"],
-                              "load": os.getloadavg()[0]})
+                              "weight_casts_s": cast_s, "load": os.getloadavg()[0]})
             print(f"round {r + 1} {v}: ceiling {ceil_fps / 1e9:.0f} GFLOP/s, step {step_fps / 1e9:.0f} "
                   f"GFLOP/s ({M / statistics.median(times):.0f} tokens/s), {100 * step_fps / ceil_fps:.1f} % "
                   f"(load {os.getloadavg()[0]:.2f})", flush=True)
@@ -432,6 +453,9 @@ def report(args, info, cfg, M, flops_per_token, rounds, breakdown, opts):
     row("  rounds: max", lambda rs: 100 * max(r["share"] for r in rs), ".1f")
     row("matmuls at the ceiling (s/step)", lambda rs: med(r["ceiling_matmul_s"] for r in rs), ".3f")
     row("step (s, median)", lambda rs: med(t for r in rs for t in r["step_times_s"]), ".3f")
+    row("every weight matrix cast once (s)", lambda rs: med(r["weight_casts_s"] for r in rs), ".3f")
+    row("load average (1 min, min-max)", lambda rs: f"{min(r['load'] for r in rs):.1f}-"
+                                                     f"{max(r['load'] for r in rs):.1f}", "")
     if breakdown:
         lines += ["", f"where a profiled step's time goes (torch.profiler, {args.profile_steps} step(s); "
                       f"% of the operators' own time)"]

@@ -93,14 +93,15 @@ def test_chunked_loss_without_grad_is_the_same_loss():
     assert abs(plain.item() - chunked.item()) <= 1e-5
 
 
-def test_chunked_loss_under_autocast():
+@pytest.mark.parametrize("chunk", [6, 1000])  # several chunks; one (its d/d W widened in backward)
+def test_chunked_loss_under_autocast(chunk):
     """bf16 autocast (the CPU has it; CUDA fp16/bf16 take the same path): matmuls in
     bf16, loss in fp32, gradients in the parameters' dtype, close to the plain path."""
     model = tiny_model()
     ids, labels = ids_and_labels()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain = loss_and_grads(model, ids, labels)
-        model.loss_chunk = 6
+        model.loss_chunk = chunk
         chunked = loss_and_grads(model, ids, labels)
     assert chunked[0].dtype == torch.float32
     assert all(g.dtype == torch.float32 for g in chunked[1].values())
@@ -108,6 +109,17 @@ def test_chunked_loss_under_autocast():
     wte = "transformer.wte.weight"
     rel = (plain[1][wte] - chunked[1][wte]).norm() / plain[1][wte].norm()
     assert rel <= 3e-2
+
+
+def test_widening_and_scaling_in_one_pass_is_widening_then_scaling():
+    """What the one-chunk d/d W relies on (loss.py): a 16-bit tensor times a 1-element fp32
+    tensor is computed and returned in fp32, bit for bit as .float() then * scale."""
+    torch.manual_seed(0)
+    grad = torch.randn(50, 7).bfloat16()
+    scale = torch.tensor(0.37) / 11
+    one_pass = grad * scale.reshape(1)
+    assert one_pass.dtype == torch.float32
+    assert torch.equal(one_pass, grad.float().mul_(scale))
 
 
 # --- activation checkpointing ----------------------------------------------------------
