@@ -21,9 +21,14 @@ a double) and keeps where the word is below round((1 - p) x 2^31):
 
     P(keep) = round((1 - p) x 2^31) / 2^31         (|P(keep) - (1 - p)| <= 2^-32)
 
-Measured on one core of a 2-core AMD EPYC, a (2, 12, 256, 256) mask: 4.6 ms against
-11.3 ms for bernoulli_, and the mask is a bool (1 byte per entry, kept for backward)
-instead of PyTorch's noise tensor in the activations' dtype (2 or 4 bytes).
+The Twister itself is still serial, but it runs once per element instead of once
+plus a double compare, and the mask is a bool (1 byte per entry, kept for backward)
+instead of PyTorch's noise tensor in the activations' dtype (2 or 4 bytes). Measured
+with `python benchmarks/dropout_masks.py --masks-only --threads 1` (one thread of a
+2-core AMD EPYC that four other jobs shared, load 10): the 37 masks of a GPT-2 124M
+step at 2 x 256 tokens in 273 ms against 517 ms for bernoulli_ (1.9x). With 2 threads
+on that loaded machine the compare, which PyTorch runs on both threads, waited for a
+descheduled thread and the draws took longer than bernoulli_'s (docs/performance.md).
 
 Still seeded and resumable: the words come from torch's default generator, so
 torch.manual_seed fixes every mask, and the random state a checkpoint saves
