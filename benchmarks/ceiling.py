@@ -25,7 +25,7 @@ LM head (C, V) once; three products each (2 x M x in x out FLOPs apiece):
 in the precision's dtype (fp32, or bf16 as autocast runs them), with the same
 transposed views autograd hands the kernels. Attention's two T x T products are in
 the step's FLOPs but not in the ceiling's shapes (as in the MFU convention): at
-block 256 they are 3 % of the FLOPs.
+block 256 they are 4 % of the FLOPs (12 L C T = 28 M of 0.77 G per token).
 
 Then a profile (torch.profiler) of --profile-steps more steps splits the step's time
 into matmuls, attention, dropout, casts, optimizer, loss and other. Each operator's
