@@ -6,7 +6,7 @@ the first part; docs/course.md every module); each opens with the idea it implem
     the step, first  model -> loss -> trainer (one step) -> precision -> schedules -> loop (the run)
     then             data -> evaluation -> sampling -> scratch -> checkpoint -> settings
     the formats      config -> weights -> tokenizer
-    going further    lora -> attention -> distributed -> sharding
+    going further    lora -> attention -> dropout -> distributed -> sharding
     underneath       files -> errors
 
 The machinery that runs all this from the command line (flags, run directories,

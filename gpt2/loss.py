@@ -49,9 +49,11 @@
    design, torch.utils.checkpoint around each chunk, recomputes the head matmul in
    backward (a fourth matmul) and still runs the log-softmax backward.
 
-   What it keeps: d/d W in fp32, (V, C) = 154 MB for GPT-2 (the size of the gradient
-   wte gets anyway), and, while it runs, one chunk's fp32 logits (chunk x V x 4 bytes:
-   206 MB for 1024 rows). Every chunk adds its share into d/d W, a pass over those
+   What it keeps: d/d W, (V, C) = 154 MB for GPT-2 in fp32 (the size of the gradient
+   wte gets anyway; 77 MB under bf16 autocast when all positions fit one chunk: the
+   matmul's 16-bit result is widened to fp32 only in backward, in the same pass that
+   scales it, the same fp32 numbers as widening first), and, while it runs, one
+   chunk's fp32 logits (chunk x V x 4 bytes: 206 MB for 1024 rows). Every chunk adds its share into d/d W, a pass over those
    154 MB, so very small chunks are slow; 512 to 2048 rows is the sweet spot.
 
    The price: the gradient work runs in forward, so calling the model with labels in
@@ -152,10 +154,11 @@ class _LMHeadLoss(torch.autograd.Function):
                     continue
                 hv = hc * v                                  # (n, C)
                 if grad_w is None:
-                    grad_w = (g.T @ hv).float()              # (V, C)
+                    grad_w = g.T @ hv                        # (V, C), 16-bit under autocast (see backward)
                 elif dtype == torch.float32:
                     grad_w.addmm_(g.T, hv)                   # in place: no (V, C) temporary
                 else:
+                    grad_w = grad_w.float()                  # (a no-op from the third chunk on)
                     grad_w += (g.T @ hv).float()             # 16-bit matmul, fp32 sum over chunks
         if want_grad_w and grad_w is None:  # no positions at all
             grad_w = torch.zeros_like(weight, dtype=torch.float32)
@@ -172,5 +175,9 @@ class _LMHeadLoss(torch.autograd.Function):
         if grad_h is not None:
             grad_h.mul_(scale.to(grad_h.dtype))
         if grad_w is not None:
-            grad_w = grad_w.mul_(scale).to(ctx.weight_dtype)
+            if grad_w.dtype == torch.float32:
+                grad_w = grad_w.mul_(scale)
+            else:  # one chunk under autocast: widened to fp32 and scaled in one pass over (V, C), not two
+                grad_w = grad_w * scale.reshape(1)  # a 1-element fp32 tensor promotes the product to fp32
+            grad_w = grad_w.to(ctx.weight_dtype)
         return grad_h, grad_w, None, None, None, None

@@ -46,8 +46,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .attention import keep_mask_attention
+from .attention import dropout_attention, keep_mask_attention
 from .config import GPT2Config
+from .dropout import Dropout
 from .loss import chunked_lm_loss, cross_entropy, next_token_targets
 from .sampling import check_settings, next_token
 
@@ -61,7 +62,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.attn_pdrop = cfg.attn_pdrop
-        self.resid_dropout = nn.Dropout(cfg.resid_pdrop)
+        self.resid_dropout = Dropout(cfg.resid_pdrop)  # nn.Dropout, cheaper masks on the CPU (dropout.py)
         self.recompute = False  # GPT2's attention_recompute option
 
     def forward(self, x, kv_cache=None):
@@ -89,11 +90,14 @@ class CausalSelfAttention(nn.Module):
         #      query d          x  x  x  x
         attention = dict(attn_mask=self._cache_mask(past, T, x.device), is_causal=past == 0,
                          dropout_p=self.attn_pdrop if self.training else 0.0)
+        cpu_dropout = q.device.type == "cpu" and past == 0 and self.training and self.attn_pdrop > 0
         if self.recompute and self.training and self.attn_pdrop > 0 and torch.is_grad_enabled():  # see the top
-            if q.device.type == "cpu" and past == 0:
+            if cpu_dropout:
                 y = keep_mask_attention(q, k, v, self.attn_pdrop)  # attention.py: only the mask is kept
             else:
                 y = checkpoint(F.scaled_dot_product_attention, q, k, v, use_reentrant=False, **attention)
+        elif cpu_dropout:  # the CPU has no fused kernel with dropout: its math, with cheaper masks (attention.py)
+            y = dropout_attention(q, k, v, self.attn_pdrop)
         else:
             y = F.scaled_dot_product_attention(q, k, v, **attention)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -121,7 +125,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
-        self.dropout = nn.Dropout(cfg.resid_pdrop)
+        self.dropout = Dropout(cfg.resid_pdrop)
 
     def forward(self, x):
         # GELU in the tanh approximation GPT-2 was trained with ("gelu_new" in HF):
@@ -172,7 +176,7 @@ class GPT2(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),   # token id -> vector
             wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),  # position -> vector
-            drop=nn.Dropout(cfg.embd_pdrop),
+            drop=Dropout(cfg.embd_pdrop),
             h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
             ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
         ))

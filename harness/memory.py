@@ -153,8 +153,9 @@ def attention_kernel(cfg: GPT2Config, s: Settings) -> str:
 
 
 def _mask_bytes(s: Settings, input_bytes: int) -> int:
-    # CUDA's fused dropout keeps a bool mask. The CPU computes input * (mask / (1 - p)) and keeps
-    # that scaled mask, in the input's dtype (measured).
+    # nn.Dropout (LoRA's): CUDA's fused dropout keeps a bool mask. The CPU computes
+    # input * (mask / (1 - p)) and keeps that scaled mask, in the input's dtype (measured).
+    # The model's own dropouts (gpt2/dropout.py) keep a bool mask on every device: 1 byte.
     return 1 if s.device == "cuda" else input_bytes
 
 
@@ -171,8 +172,9 @@ def _attention_terms(cfg: GPT2Config, s: Settings, c_proj_input: int) -> tuple:
         if s.device == "cpu":  # attention.py: fp32 q, k, v and the dropout mask as bools
             return 3 * N * C * 4, B * H * T * T, c_proj_input
         return 3 * N * C * a, 0, c_proj_input  # the checkpoint keeps q, k, v (views of c_attn's output)
-    if attention_kernel(cfg, s) == "math":  # fp32 copies of q, k, v and three fp32 (B, nh, T, T) tensors
-        return 3 * N * C * 4, 3 * B * H * T * T * 4, c_proj_input
+    if attention_kernel(cfg, s) == "math":  # attention.py's dropout_attention: fp32 copies of q, k, v,
+        # two fp32 (B, nh, T, T) tensors (the softmax, the dropped probabilities) and the bool mask
+        return 3 * N * C * 4, 2 * B * H * T * T * 4 + B * H * T * T, c_proj_input
     # The fused kernel keeps its output, which is c_proj's input too, unless a LoRA dropout
     # gives the adapter its own copy.
     dropped = N * C * a if s.lora_dropout and "attn.c_proj" in adapted(s.lora_targets) and s.lora_rank else 0
@@ -188,7 +190,7 @@ def block_terms(cfg: GPT2Config, s: Settings) -> list:
         return n * a if not s.lora_rank or path in lora else 0
 
     ln = N * (4 * C + 8)  # its fp32 input (the residual stream) and a mean and 1/std per position
-    mask = N * C * _mask_bytes(s, a) if cfg.resid_pdrop > 0 else 0
+    mask = N * C if cfg.resid_pdrop > 0 else 0  # gpt2/dropout.py: a bool mask
     qkv, scores, out = _attention_terms(cfg, s, matmul_input("attn.c_proj", N * C))
     terms = [("ln_1: input (fp32), mean, 1/std", ln), ("c_attn: input", matmul_input("attn.c_attn", N * C)),
              ("attention: q, k, v", qkv),
@@ -227,7 +229,7 @@ def activation_bytes(cfg: GPT2Config, s: Settings) -> dict:
         c_attn = ["attn.c_attn"] if "attn.c_attn" in adapted(s.lora_targets) else []
         frozen_start = ln + _lora_mask_bytes(cfg, s, c_attn)
     else:  # ids and positions (int64) for the embedding backward, the embedding dropout's mask
-        mask = N * C * _mask_bytes(s, 4) if cfg.embd_pdrop > 0 else 0  # the embeddings are fp32
+        mask = N * C if cfg.embd_pdrop > 0 else 0  # gpt2/dropout.py: a bool mask
         embeddings, frozen_start = 8 * N + 8 * s.block_size + mask, 0
     # checkpointing: only each block's input (fp32) is kept; backward recomputes the rest
     blocks = L * N * C * 4 if s.checkpointing else L * block - frozen_start

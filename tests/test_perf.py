@@ -93,14 +93,15 @@ def test_chunked_loss_without_grad_is_the_same_loss():
     assert abs(plain.item() - chunked.item()) <= 1e-5
 
 
-def test_chunked_loss_under_autocast():
+@pytest.mark.parametrize("chunk", [6, 1000])  # several chunks; one (its d/d W widened in backward)
+def test_chunked_loss_under_autocast(chunk):
     """bf16 autocast (the CPU has it; CUDA fp16/bf16 take the same path): matmuls in
     bf16, loss in fp32, gradients in the parameters' dtype, close to the plain path."""
     model = tiny_model()
     ids, labels = ids_and_labels()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain = loss_and_grads(model, ids, labels)
-        model.loss_chunk = 6
+        model.loss_chunk = chunk
         chunked = loss_and_grads(model, ids, labels)
     assert chunked[0].dtype == torch.float32
     assert all(g.dtype == torch.float32 for g in chunked[1].values())
@@ -108,6 +109,17 @@ def test_chunked_loss_under_autocast():
     wte = "transformer.wte.weight"
     rel = (plain[1][wte] - chunked[1][wte]).norm() / plain[1][wte].norm()
     assert rel <= 3e-2
+
+
+def test_widening_and_scaling_in_one_pass_is_widening_then_scaling():
+    """What the one-chunk d/d W relies on (loss.py): a 16-bit tensor times a 1-element fp32
+    tensor is computed and returned in fp32, bit for bit as .float() then * scale."""
+    torch.manual_seed(0)
+    grad = torch.randn(50, 7).bfloat16()
+    scale = torch.tensor(0.37) / 11
+    one_pass = grad * scale.reshape(1)
+    assert one_pass.dtype == torch.float32
+    assert torch.equal(one_pass, grad.float().mul_(scale))
 
 
 # --- activation checkpointing ----------------------------------------------------------
@@ -136,12 +148,13 @@ def test_attention_recompute_matches_plain_path(dropout):
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_keep_mask_attention_is_the_math_path_with_its_dropout_mask(p, dtype):
-    """The same random state: the same dropped entries as F.scaled_dot_product_attention's math
-    path, so outputs and gradients agree to rounding; in fp32 (as that path computes under
-    autocast), with gradients in the inputs' dtype; and backward keeps q, k, v and a bool mask."""
-    import torch.nn.functional as F
-
-    from gpt2.attention import keep_mask_attention
+    """The same random state: the same dropped entries as the plain path (dropout_attention,
+    PyTorch's math path written out with dropout.keep_mask), so outputs and gradients agree
+    to rounding; both are softmax(q k^T / sqrt(hd), causal) * mask / (1 - p) @ v with the mask
+    the seed gives; in fp32 (as the math path computes under autocast), with gradients in the
+    inputs' dtype; and backward keeps q, k, v and a bool mask."""
+    from gpt2.attention import dropout_attention, keep_mask_attention
+    from gpt2.dropout import keep_mask
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 19, 8, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -152,16 +165,36 @@ def test_keep_mask_attention_is_the_math_path_with_its_dropout_mask(p, dtype):
         y = attend(q, k, v)
         return (y.float(), *torch.autograd.grad(y, (q, k, v), dy.to(y.dtype)))
 
-    ref = run(lambda *t: F.scaled_dot_product_attention(*(x.float() for x in t), is_causal=True, dropout_p=p))
+    def by_hand(q, k, v):  # in float64, with the mask drawn from the same state
+        q, k, v = (t.double() for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) / 8 ** 0.5
+        scores = scores.masked_fill(torch.ones(19, 19, dtype=torch.bool).triu(1), float("-inf"))
+        return (torch.softmax(scores, -1) * keep_mask((2, 3, 19, 19), p, "cpu") / (1 - p)) @ v
+
+    ref = run(by_hand)
+    plain = run(lambda *t: dropout_attention(*t, p))
     got = run(lambda *t: keep_mask_attention(*t, p))
-    assert got[0].dtype == torch.float32 and all(g.dtype == dtype for g in got[1:])
+    assert got[0].dtype == plain[0].dtype == torch.float32 and all(g.dtype == dtype for g in got[1:])
     tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the gradients' final rounding
-    for a, b in zip(ref, got):
+    for a, b, c in zip(ref, plain, got):
         assert (a.float() - b.float()).abs().max().item() <= tol
+        assert (b.float() - c.float()).abs().max().item() <= tol
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
         keep_mask_attention(q, k, v, p)
     assert sorted(str(t.dtype) for t in kept) == ["torch.bool"] + ["torch.float32"] * 3
+
+
+def test_dropout_attention_without_dropping_is_pytorchs_attention():
+    """p = 0 keeps every entry: what is left is F.scaled_dot_product_attention, causal."""
+    import torch.nn.functional as F
+
+    from gpt2.attention import dropout_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 19, 8) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(dropout_attention(q, k, v, 0.0), ref, atol=1e-6)
 
 
 # --- --batch-size auto -----------------------------------------------------------------

@@ -122,8 +122,8 @@ def test_attention_matrix_only_on_the_cpu_math_path():
     math = memory.activation_bytes(cfg, s)["one block"]
     fused = memory.activation_bytes(cfg.with_dropout(0.0), s)["one block"]
     cuda = memory.activation_bytes(cfg, memory.Settings(micro_batch=1, block_size=1024, device="cuda"))["one block"]
-    # three fp32 (1, 12, 1024, 1024) tensors, against a log-sum-exp of 4 bytes per head and token
-    assert math - fused == 3 * 12 * 1024 * 1024 * 4 - 12 * 1024 * 4 + 2 * 768 * 1024 * 4  # + the fp32 masks
+    # two fp32 (1, 12, 1024, 1024) tensors and a bool one, against a log-sum-exp of 4 bytes per head and token
+    assert math - fused == (2 * 4 + 1) * 12 * 1024 * 1024 - 12 * 1024 * 4 + 2 * 768 * 1024  # + two bool masks
     assert cuda - fused == 2 * 768 * 1024  # CUDA: fused attention too, and two bool dropout masks
 
 
