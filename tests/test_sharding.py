@@ -191,6 +191,7 @@ def test_four_sharded_processes_train_like_one(tiny_ckpt, data, tmp_path):
     assert_same_history(tmp_path / "one", tmp_path / "four")
 
 
+@pytest.mark.many_processes  # two torchrun agents and their workers
 def test_two_nodes_on_one_machine(tiny_ckpt, data, tmp_path):
     """torchrun's rendezvous across machines, as two "nodes" of one process each on localhost (and
     --checkpointing: each sharded block recomputed in backward, gathered again for it)."""
