@@ -231,7 +231,7 @@ class Trainer:
         step_loss = torch.zeros((), device=self.device)
         for i, mb in enumerate(micro_batches):
             x = to_batch(self.train_blocks, mb.indices, self.device)  # (b, T)
-            # (torchrun, skip on a first reading; distributed.py: DDP averages gradients over the processes; multiply
+            # (torchrun, skip on a first reading: DDP averages gradients over the processes; multiply
             # back by world_size so that the sum over all micro-batches of all processes is
             # the mean over the step's tokens. And all-reduce once per step, at its end.)
             sync = i == len(micro_batches) - 1

@@ -214,20 +214,9 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
     train_source, train_ids, train_sha256 = _training_ids(train_file, tokenizer, cache_dir, keep_linebreaks)
     blocks = make_blocks(train_ids, block_size, train_source)  # (n_blocks, block_size)
 
-    val_ids = val_sha256 = None
-    if validation_file is not None:
-        val_source = str(validation_file)
-        val_ids, val_sha256 = _file_ids(validation_file, tokenizer, cache_dir, keep_linebreaks)
-        val = make_blocks(val_ids, block_size, val_source)
-        train = blocks
-        # The same file under another name, or a copy of it: the hashes say so either way.
-        if train_file is not None and (val_sha256 == train_sha256 or _same_file(train_file, validation_file)):
-            print("warning: the validation file is the training file (the same content): eval_loss will "
-                  "measure memorisation, not generalisation (docs/lifecycle.md)", file=sys.stderr)
-    else:
-        train, val = split_blocks(blocks, validation_percent, train_source)
-        val_source = None if val is None else f"last {held_out_share(len(val), len(blocks))} of {train_source}"
-
+    train, val, val_source, val_ids, val_sha256 = _held_out(blocks, train_file, train_sha256, train_source,
+                                                            validation_file, validation_percent, tokenizer,
+                                                            cache_dir, keep_linebreaks)
     info = {
         "train_source": train_source,
         "demo": train_file is None,
@@ -250,6 +239,23 @@ def build_datasets(train_file, validation_file, validation_percent, block_size, 
     }
     info["summary"] = _summary(info, len(blocks), validation_percent, val_ids)
     return train, val, info
+
+
+def _held_out(blocks, train_file, train_sha256, train_source, validation_file, validation_percent, tokenizer,
+              cache_dir, keep_linebreaks):
+    """(training blocks, validation blocks or None, where they came from, their ids, their file's sha256):
+    the validation file's blocks, else the last validation_percent percent of the training blocks."""
+    if validation_file is None:
+        train, val = split_blocks(blocks, validation_percent, train_source)
+        val_source = None if val is None else f"last {held_out_share(len(val), len(blocks))} of {train_source}"
+        return train, val, val_source, None, None
+    val_ids, val_sha256 = _file_ids(validation_file, tokenizer, cache_dir, keep_linebreaks)
+    val = make_blocks(val_ids, blocks.shape[1], str(validation_file))  # the training blocks' size
+    # The same file under another name, or a copy of it: the hashes say so either way.
+    if train_file is not None and (val_sha256 == train_sha256 or _same_file(train_file, validation_file)):
+        print("warning: the validation file is the training file (the same content): eval_loss will "
+              "measure memorisation, not generalisation (docs/lifecycle.md)", file=sys.stderr)
+    return blocks, val, str(validation_file), val_ids, val_sha256
 
 
 def validation_dataset(validation_file, block_size, tokenizer, cache_dir, *, keep_linebreaks=True):
