@@ -20,6 +20,7 @@ from gpt2.distributed import is_first_rank_or_alone
 from gpt2.errors import UserError
 from . import hub, outdir, sharded, scratch
 from .report import summary_writer_class
+from .textfiles import check_file
 from gpt2.precision import CHOICES as PRECISIONS
 
 
@@ -359,6 +360,9 @@ def _add_memory_args(g):
 def check_train_flags(args):
     """Combinations of train.py's flags that cannot work, refused before anything is loaded."""
     hub.check_endpoint()
+    for path in (args.train_file, args.validation_file):
+        if path is not None:
+            check_file(path)  # a wrong path is said before GPT-2 is downloaded, not after
     scratch.check(args)
     sharded.check_flags(args, len(args.lr))  # --fsdp / --offload: what they need, what they cannot do
     sharded.check_state_kind(args)

@@ -133,6 +133,20 @@ def file_format(path) -> str:
     return FORMATS[extension]
 
 
+def check_file(path) -> None:
+    """The cheap part of reading, said before any model is downloaded or loaded: the file is
+    there, not empty, and of a format read here (read_texts does the rest)."""
+    file_format(path)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if size == 0 and os.path.isfile(path):
+        raise UserError(f"{path}: the file is empty")
+
+
 def read_texts(path, *, keep_linebreaks=True) -> list[str]:
     """The texts of the file, one per example (a line or a record), as run_clm's loaders give them.
 

@@ -477,3 +477,21 @@ def test_a_resumed_runs_train_time_counts_every_session(tiny_ckpt, tmp_path, cap
     row = comparison_rows([str(second)])[0]
     assert row["train_runtime"] == results["train_runtime_total"] and not row["last_session_only"]
     assert ">=" not in format_table([row])
+
+
+@pytest.mark.parametrize("name,says", [("missing.txt", "no such file"), ("empty.txt", "the file is empty"),
+                                       ("notes.pdf", "cannot read a .pdf file")])
+def test_a_wrong_training_file_is_said_before_any_download(name, says, tmp_path, monkeypatch, capsys):
+    """--train-file and --validation-file are checked before the model is resolved (a 548 MB download)."""
+    import train
+    from gpt2.errors import run_cli
+    from harness import run
+
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "notes.pdf").write_text("x")
+    monkeypatch.setattr(run, "resolve", lambda *a, **k: pytest.fail("the model was resolved first"))
+    for flag in ("--train-file", "--validation-file"):
+        assert run_cli(train.main, [flag, str(tmp_path / name), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+        assert not (tmp_path / "o").exists()
